@@ -1,0 +1,107 @@
+# The DAG of every table and figure, built from params/ by one expansion (mdr/grid.py).
+#   snakemake --cores 8                          # smoke profile: embedded data, CPU, minutes
+#   snakemake --cores 8 --config profile=paper   # the authors' protocol on the four datasets (GPU)
+# Stages: prepare -> train -> evaluate -> aggregate -> report; each is `python -m pipeline <stage>`.
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from mdr import layout
+from mdr.config import ConfigError
+from mdr.data.registry import prepared_dir
+from mdr.grid import load_grid
+
+PROFILE = config.get("profile", "smoke")
+try:
+    GRID = load_grid(PROFILE)
+except ConfigError as error:
+    sys.exit(f"error: {error}")
+PY = sys.executable
+RES = GRID.profile.resources
+TABLES = list(GRID.tables)
+
+
+def prepared_marker(run):
+    c = GRID.runs[run].config.data
+    return str(prepared_dir(c.root, c.dataset, c.image_size) / "READY")
+
+
+def table_metrics(wildcards):
+    return [str(layout.metrics_file(PROFILE, rid)) for cell in GRID.tables[wildcards.table].cells for rid in cell.run_ids]
+
+
+wildcard_constraints:
+    run="[^/]+",
+    table="[^/]+",
+    dataset="[^/-]+",
+
+
+rule all:
+    input:
+        str(layout.report_file(PROFILE)),
+        [str(f) for t in TABLES for f in layout.table_files(PROFILE, t).values()],
+
+
+rule prepare:
+    output:
+        "data/prepared/{dataset}-{size}px/READY",
+    resources:
+        mem_mb=4000,
+    shell:
+        "{PY} -m pipeline prepare {wildcards.dataset} --image-size {wildcards.size} --data-root data"
+
+
+rule tracking_init:
+    output:
+        str(layout.tracking_ready(PROFILE)),
+    shell:
+        "{PY} -m pipeline tracking-init --profile {PROFILE} --marker {output}"
+
+
+rule train:
+    input:
+        data=lambda w: prepared_marker(w.run),
+        tracking=str(layout.tracking_ready(PROFILE)),
+    output:
+        f"runs/{PROFILE}/{{run}}/trained.json",
+    params:
+        # Every hyperparameter is in the run id's hash; the fingerprint makes Snakemake see it too.
+        fingerprint=lambda w: GRID.runs[w.run].config.fingerprint(),
+    threads: RES.get("threads", 1)
+    resources:
+        mem_mb=RES.get("mem_mb", 4000),
+        gpu=RES.get("gpu", 0),
+    shell:
+        "{PY} -m pipeline train --profile {PROFILE} --run {wildcards.run} --no-bars"
+
+
+rule evaluate:
+    input:
+        f"runs/{PROFILE}/{{run}}/trained.json",
+    output:
+        f"runs/{PROFILE}/{{run}}/metrics.json",
+    threads: RES.get("threads", 1)
+    resources:
+        mem_mb=RES.get("mem_mb", 4000),
+        gpu=RES.get("gpu", 0),
+    shell:
+        "{PY} -m pipeline evaluate --profile {PROFILE} --run {wildcards.run}"
+
+
+rule aggregate:
+    input:
+        table_metrics,
+    output:
+        csv=f"results/{PROFILE}/{{table}}.csv",
+        md=f"results/{PROFILE}/{{table}}.md",
+    shell:
+        "{PY} -m pipeline aggregate --profile {PROFILE} --table {wildcards.table}"
+
+
+rule report:
+    input:
+        [str(f) for t in TABLES for f in layout.table_files(PROFILE, t).values()],
+    output:
+        str(layout.report_file(PROFILE)),
+    shell:
+        "{PY} -m pipeline report --profile {PROFILE}"

@@ -1,0 +1,47 @@
+"""Torch datasets over a prepared image cache, and the train / test transforms (reference/mdr.md §3)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+
+class CachedImages(Dataset):
+    """Rows `indices` of a prepared dataset's images.npy, as (float image CHW in [0, 1], label).
+
+    Opens the memory map lazily, so it pickles cheaply into spawned/forkserver DataLoader workers.
+    """
+
+    def __init__(self, images_path: str | Path, indices: np.ndarray, labels: np.ndarray, transform: v2.Transform):
+        self.images_path = str(images_path)
+        self.indices = np.asarray(indices)
+        self.labels = np.asarray(labels)
+        self.transform = transform
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+        image = torch.from_numpy(np.array(self._images[self.indices[i]])).permute(2, 0, 1)
+        return self.transform(image), int(self.labels[i])
+
+
+def train_transform(crop: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool) -> v2.Transform:
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(crop, scale=scale, ratio=ratio, antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def test_transform(crop: int) -> v2.Transform:
+    return v2.Compose([v2.CenterCrop(crop), v2.ToDtype(torch.float32, scale=True)])

@@ -1,0 +1,341 @@
+"""The training loop: one loop for every loss x regularizer x backbone (DESIGN.md principle 3).
+
+Per epoch: `iterations_per_epoch` m-per-class batches, then the learning-rate step, an evaluation
+on the test split (Recall@K; Figure 4b also on a training subset), a checkpoint of everything needed
+to continue exactly (model, optimizer, scheduler, loss and regularizer state, RNG states, history,
+config) and, when the epoch is the best so far, a copy of the weights as best.pt.
+
+Randomness is re-seeded from (seed, epoch) at the start of every epoch, so an epoch's batches and
+augmentations do not depend on how the run got there: a resumed run continues bit-for-bit.
+Logging and tracking are callbacks; the run's truth is its files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mdr.config import RunConfig
+from mdr.data.loading import CachedImages, test_transform, train_transform
+from mdr.data.prepared import PreparedDataset
+from mdr.data.registry import prepared_dir
+from mdr.data.sampler import MPerClassBatchSampler
+from mdr.io import atomic_torch_save, atomic_write_text
+from mdr.losses import LOSSES
+from mdr.models import EmbeddingModel, build_model
+from mdr.regularizers import REGULARIZERS, Regularizer, StepContext
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run is stopped and marked failed."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A run folder holds a checkpoint of a different configuration."""
+
+
+class Callback(Protocol):
+    def on_train_start(self, config: RunConfig, run_dir: Path, start_epoch: int) -> None: ...
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+    def on_train_end(self, status: str, summary: dict[str, Any] | None, error: str | None) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch and faiss each bring an OpenMP pool; set both (Snakemake does not for every job kind)."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+
+
+@dataclass
+class Components:
+    model: EmbeddingModel
+    loss: nn.Module
+    regularizer: Regularizer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+
+
+def build_components(config: RunConfig, num_classes: int, device: torch.device) -> Components:
+    m = config.model
+    model = build_model(m.backbone, m.embedding_dim, config.normalization, m.freeze_bn, m.pretrained, m.weights).to(device)
+    context = {"num_classes": num_classes, "embedding_dim": m.embedding_dim}
+    loss = LOSSES.create(config.loss.name, config.loss.params, **context).to(device)
+    regularizer = REGULARIZERS.create(config.regularizer.name, config.regularizer.params, **context).to(device)
+    o = config.optim
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": o.lr, "weight_decay": o.weight_decay}]
+    loss_groups = getattr(loss, "param_groups", None)
+    if callable(loss_groups):
+        groups += loss_groups(o.lr)
+    elif any(True for _ in loss.parameters()):
+        groups.append({"params": list(loss.parameters()), "lr": o.lr, "weight_decay": o.weight_decay})
+    groups += regularizer.param_groups(o.lr, o.weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=o.lr_milestones, gamma=o.lr_gamma)
+    return Components(model, loss, regularizer, optimizer, scheduler)
+
+
+def load_prepared(config: RunConfig) -> PreparedDataset:
+    return PreparedDataset.load(prepared_dir(config.data.root, config.data.dataset, config.data.image_size))
+
+
+@torch.no_grad()
+def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device: torch.device) -> np.ndarray:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    out = [model(images.to(device)).float().cpu() for images, _ in loader]
+    return torch.cat(out).numpy()
+
+
+def evaluation_sets(prepared: PreparedDataset, config: RunConfig) -> dict[str, CachedImages]:
+    """The test split(s) with the test transform: {'test': ...} or {'query': ..., 'gallery': ...}."""
+    transform = test_transform(config.data.crop)
+    images_path = prepared.root / "images.npy"
+    sets = {}
+    for split in prepared.eval_splits:
+        rows = prepared.split(split)
+        sets[split] = CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(), transform)
+    return sets
+
+
+def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int], batch_size: int,
+                      device: torch.device, full: bool = False) -> dict[str, float]:
+    """Recall@K (and with `full`, MAP@R and NMI) of a model on prepared evaluation sets."""
+    from mdr import metrics
+
+    if "query" in sets:
+        q, g = sets["query"], sets["gallery"]
+        kwargs: dict[str, Any] = {"gallery": embed(model, g, batch_size, device), "gallery_labels": g.labels}
+        emb, labels = embed(model, q, batch_size, device), q.labels
+    else:
+        kwargs, emb, labels = {}, embed(model, sets["test"], batch_size, device), sets["test"].labels
+    candidates = len(kwargs["gallery"]) if kwargs else len(emb) - 1
+    ks = [k for k in ks if k <= candidates]
+    if full:
+        return metrics.evaluate_retrieval(emb, labels, ks, **kwargs)
+    return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(emb, labels, ks, **kwargs).items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True, progress: bool = True,
+          echo: bool = True, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
+    """Train (or continue) the run described by `config` in `run_dir`; see the module docstring.
+
+    progress: a tqdm bar per epoch; echo: one line per epoch (loss, Recall@1, best so far)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    prepared = load_prepared(config)
+    train_rows = prepared.split("train")
+    num_classes = int(prepared.manifest["label"].max()) + 1
+    seed_everything(config.seed)
+    parts = build_components(config, num_classes, device)
+    model, loss_fn, regularizer = parts.model, parts.loss, parts.regularizer
+
+    checkpoint_path = run_dir / "checkpoint.pt"
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["fingerprint"] != config.fingerprint():
+            raise CheckpointMismatchError(
+                f"{checkpoint_path} belongs to a different configuration (fingerprint {state['fingerprint']}, "
+                f"this run is {config.fingerprint()}); it was kept as is. Move it away to start afresh."
+            )
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        regularizer.load_state_dict(state["regularizer"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+    atomic_write_text(run_dir / "config.yaml", config_yaml(config))
+    _write_status(run_dir, "running")
+    for cb in callbacks:
+        cb.on_train_start(config, run_dir, start_epoch)
+
+    images_path = prepared.root / "images.npy"
+    d = config.data
+    train_set = CachedImages(images_path, train_rows["index"].to_numpy(), train_rows["label"].to_numpy(),
+                             train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip))
+    eval_sets = evaluation_sets(prepared, config)
+    train_eval_set = None
+    if config.eval.train_subset:
+        pick = np.random.default_rng(config.seed).permutation(len(train_rows))[: config.eval.train_subset]
+        rows = train_rows.iloc[np.sort(pick)]
+        train_eval_set = {"test": CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(),
+                                               test_transform(d.crop))}
+    if start_epoch == 0:
+        regularizer.on_train_start(model)
+
+    epochs = config.train.epochs
+    try:
+        for epoch in range(start_epoch, epochs):
+            record = _train_epoch(config, parts, train_set, epoch, device, progress)
+            evaluate_now = (epoch + 1) % config.eval.every == 0 or epoch + 1 == epochs
+            if evaluate_now:
+                record.update(retrieval_metrics(model, eval_sets, config.eval.ks, config.eval.batch_size, device))
+                if train_eval_set is not None:
+                    train_metrics = retrieval_metrics(model, train_eval_set, config.eval.ks, config.eval.batch_size, device)
+                    record.update({f"train_{k}": v for k, v in train_metrics.items()})
+            history.append(record)
+            regularizer.on_epoch_end(model, epoch)
+            is_best = evaluate_now and _is_best(history, record)
+            state = {
+                "epoch": epoch, "fingerprint": config.fingerprint(), "config": config.model_dump(mode="json"),
+                "model": model.state_dict(), "loss": loss_fn.state_dict(), "regularizer": regularizer.state_dict(),
+                "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+                "rng": _rng_state(), "history": history,
+            }
+            if is_best:
+                atomic_torch_save({k: state[k] for k in ("epoch", "fingerprint", "config", "model", "loss", "regularizer")},
+                                  run_dir / "best.pt")
+            atomic_torch_save(state, checkpoint_path)
+            atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1) + "\n")
+            if echo:
+                tqdm.write(f"[{run_dir.name}] " + _epoch_line(config, record, history))
+            for cb in callbacks:
+                cb.on_epoch_end(record)
+    except BaseException as e:  # KeyboardInterrupt too: the status must say the run did not finish
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        _write_status(run_dir, status, error=f"{type(e).__name__}: {e}")
+        for cb in callbacks:
+            cb.on_train_end(status, None, f"{type(e).__name__}: {e}")
+        raise
+    best_epoch = _best_epoch(history)
+    summary = {"best_epoch": best_epoch, "epochs": epochs}
+    _write_status(run_dir, "finished")
+    for cb in callbacks:
+        cb.on_train_end("finished", summary, None)
+    return TrainResult(run_dir, history, best_epoch, summary)
+
+
+def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, epoch: int,
+                 device: torch.device, progress: bool) -> dict[str, Any]:
+    model, loss_fn, regularizer, optimizer = parts.model, parts.loss, parts.regularizer, parts.optimizer
+    t = config.train
+    seed = epoch_seed(config.seed, epoch)
+    seed_everything(seed)
+    sampler = MPerClassBatchSampler(train_set.labels, t.batch_size, t.images_per_class, t.iterations_per_epoch, seed)
+    workers = config.data.num_workers
+    loader = DataLoader(
+        train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+        # forkserver: workers never fork a process in which faiss has run (reference/tooling.md).
+        multiprocessing_context="forkserver" if workers else None,
+    )
+    model.train()
+    loss_fn.train()
+    regularizer.train()
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    bar = tqdm(loader, total=t.iterations_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    for i, (images, labels) in enumerate(bar):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        context = StepContext(epoch=epoch, num_epochs=t.epochs, iteration=epoch * t.iterations_per_epoch + i,
+                              images=images, model=model)
+        embeddings = model(images)
+        metric_loss = loss_fn(embeddings, labels)
+        reg_loss = regularizer(embeddings, labels, context)
+        total = metric_loss + reg_loss
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss became {total.item()} at epoch {epoch + 1}, iteration {i + 1} "
+                f"(metric loss {metric_loss.item():.4g}, regularizer {reg_loss.item():.4g}, terms {regularizer.terms()}). "
+                f"The run is stopped; checkpoints up to epoch {epoch} are kept. Lower optim.lr or the "
+                f"regularizer's weight, or check the data, then rerun (it resumes from the last checkpoint)."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        step_terms = {"loss": total.item(), "metric_loss": metric_loss.item(), "regularizer_loss": reg_loss.item(),
+                      **{f"reg_{k}": v for k, v in regularizer.terms().items()}}
+        for k, v in step_terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if i % 10 == 0:
+            bar.set_postfix(loss=f"{step_terms['loss']:.4f}")
+    parts.scheduler.step()
+    n = t.iterations_per_epoch
+    record: dict[str, Any] = {"epoch": epoch + 1, "iteration": (epoch + 1) * n,
+                              "seconds": round(time.perf_counter() - started, 3),
+                              "lr": optimizer.param_groups[0]["lr"]}
+    record.update({k: v / n for k, v in sums.items()})
+    record.update({f"reg_{k}": v for k, v in regularizer.describe().items()})
+    return record
+
+
+def _is_best(history: list[dict[str, Any]], record: dict[str, Any]) -> bool:
+    return _best_epoch(history) == record["epoch"]
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> int:
+    """The epoch with the highest test Recall@1 (first one on ties); what the authors' code reports."""
+    scored = [r for r in history if "recall_at_1" in r]
+    if not scored:
+        return history[-1]["epoch"] if history else 0
+    return max(scored, key=lambda r: (r["recall_at_1"], -r["epoch"]))["epoch"]
+
+
+def _epoch_line(config: RunConfig, record: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    line = f"epoch {record['epoch']}/{config.train.epochs}  loss {record['loss']:.4f}  {record['seconds']:.1f}s"
+    if "recall_at_1" in record:
+        best = _best_epoch(history)
+        best_r1 = next(r["recall_at_1"] for r in history if r["epoch"] == best)
+        line += f"  R@1 {100 * record['recall_at_1']:.2f}  (best {100 * best_r1:.2f} @ epoch {best})"
+    return line
+
+
+def config_yaml(config: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _write_status(run_dir: Path, status: str, error: str | None = None) -> None:
+    payload = {"status": status}
+    if error:
+        payload["error"] = error
+    atomic_write_text(run_dir / "status.json", json.dumps(payload, indent=1) + "\n")
+
+

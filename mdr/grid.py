@@ -1,0 +1,315 @@
+"""The experiment grid: params/ (profiles, methods, tables) -> the runs to train and the table cells.
+
+One function, `load_grid(profile)`, is the single source of truth for Snakemake, DVC and every stage
+command. A table declares axes (each value a bundle of settings); the product of its axes gives its
+cells; every cell is trained once per seed. A cell's config is resolved in this order, later wins:
+
+  profile.defaults -> the logical dataset (profile.datasets maps e.g. cub200 to glyphs in `smoke`)
+  -> the method (params/methods.yaml) -> the image-size preset (profile.image_sizes)
+  -> profile.overrides whose `when` matches (per-dataset lr, lambda, ...) -> table.fixed -> the cell's settings
+
+A run's id is a readable slug plus the hash of its fully resolved config, so tables that need the
+same run share it, and a changed parameter gives a new run instead of silently reusing an old one.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mdr.config import ConfigError, RunConfig, _short_errors, validate_run_config
+
+# $MDR_PARAMS points the whole pipeline at another params folder (tests, private experiments).
+PARAMS_DIR = Path(os.environ.get("MDR_PARAMS", Path(__file__).resolve().parent.parent / "params"))
+SPECIAL_KEYS = ("dataset", "method", "image_size")
+MATCH_KEYS = ("table", "dataset", "method", "loss", "regularizer", "backbone")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Override(Strict):
+    when: dict[str, Any] = Field(description="all of: table, dataset, method, loss, regularizer, backbone")
+    set: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _keys(self) -> "Override":
+        unknown = sorted(set(self.when) - set(MATCH_KEYS))
+        if unknown:
+            raise ValueError(f"override `when` keys {unknown} unknown; allowed: {', '.join(MATCH_KEYS)}")
+        return self
+
+    def matches(self, facts: dict[str, Any]) -> bool:
+        for key, want in self.when.items():
+            wanted = want if isinstance(want, list) else [want]
+            if facts.get(key) not in wanted:
+                return False
+        return True
+
+
+class Profile(Strict):
+    name: str
+    description: str = ""
+    seeds: list[int] = Field(min_length=1)
+    datasets: dict[str, str] = Field(description="logical (paper) dataset -> dataset trained on")
+    default_image_size: int = 224
+    image_sizes: dict[int, dict[str, Any]] = Field(description="preset name (paper crop size) -> settings")
+    defaults: dict[str, Any]
+    overrides: list[Override] = Field(default_factory=list)
+    tables: list[str] | None = Field(None, description="tables to build; default: every file in params/tables")
+    resources: dict[str, Any] = Field(default_factory=dict, description="Snakemake resources of train jobs")
+
+
+class Method(Strict):
+    loss: str
+    regularizer: str = "none"
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class Axis(Strict):
+    path: str | None = None
+    values: list[Any] | None = None
+    choices: dict[str, dict[str, Any]] | None = None
+    paper: str | None = Field(None, description="column of paper_results.csv this axis's value matches")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Axis":
+        if (self.values is None) == (self.choices is None):
+            raise ValueError("an axis has either `values` (with `path`) or `choices`")
+        if self.values is not None and self.path is None:
+            raise ValueError("an axis with `values` needs the config `path` they set")
+        return self
+
+    def bundles(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(label, settings, paper attributes) for each value of the axis."""
+        if self.choices is not None:
+            out = []
+            for label, bundle in self.choices.items():
+                bundle = dict(bundle)
+                paper = bundle.pop("paper", {})
+                out.append((label, bundle, paper))
+            return out
+        assert self.values is not None and self.path is not None
+        return [(_label(v), {self.path: v}, {self.paper: v} if self.paper else {}) for v in self.values]
+
+
+class TableDef(Strict):
+    name: str
+    title: str
+    kind: Literal["table", "figure"] = "table"
+    figure: str | None = Field(None, description="figure renderer (mdr/report.py) for kind: figure")
+    axes: dict[str, Axis | list[Any]]
+    rows: list[str]
+    columns: list[str] = Field(default_factory=list)
+    metrics: list[str] | Literal["dataset_ks"] = "dataset_ks"
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    published: str | None = Field(None, description="the `table` key of paper_results.csv to show beside ours")
+    report_epoch: Literal["best", "final"] = "best"
+    seeds: list[int] | None = None
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _layout(self) -> "TableDef":
+        names = set(self.axes)
+        placed = self.rows + self.columns
+        if sorted(placed) != sorted(names):
+            raise ValueError(f"rows + columns {placed} must name every axis exactly once; axes are {sorted(names)}")
+        return self
+
+    def axis(self, name: str) -> Axis:
+        spec = self.axes[name]
+        if isinstance(spec, Axis):
+            return spec
+        if name in SPECIAL_KEYS:  # shorthand: `dataset: [cub200, cars196]`, `method: [Triplet, ...]`
+            return Axis(choices={_label(v): {name: v} for v in spec})
+        raise ValueError(f"axis {name!r} given as a plain list needs `path:`; only {SPECIAL_KEYS} have a shorthand")
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    config: RunConfig
+    tags: dict[str, str]
+    tables: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    labels: dict[str, str]
+    facts: dict[str, Any]
+    paper: dict[str, Any]
+    run_ids: list[str]
+
+
+@dataclass
+class Table:
+    definition: TableDef
+    cells: list[Cell]
+
+
+@dataclass
+class Grid:
+    profile: Profile
+    methods: dict[str, Method]
+    runs: dict[str, RunSpec]
+    tables: dict[str, Table]
+
+    def datasets(self) -> list[tuple[str, int]]:
+        """(dataset, image_size) pairs that must be prepared."""
+        return sorted({(r.config.data.dataset, r.config.data.image_size) for r in self.runs.values()})
+
+
+def _label(v: Any) -> str:
+    return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip()
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def _parse(model: type[BaseModel], data: Any, source: Path | str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_short_errors(e)}") from None
+
+
+def set_path(config: dict[str, Any], dotted: str, value: Any) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+    node[leaf] = copy.deepcopy(value)
+
+
+def _apply(config: dict[str, Any], settings: dict[str, Any]) -> None:
+    for dotted, value in settings.items():
+        if isinstance(value, dict) and not dotted.endswith("params"):
+            _apply(config, {f"{dotted}.{k}": v for k, v in value.items()})
+        else:
+            set_path(config, dotted, value)
+
+
+def load_profile(name: str, params_dir: Path = PARAMS_DIR) -> Profile:
+    path = params_dir / "profiles" / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in (params_dir / "profiles").glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}; allowed: {', '.join(available)} (files in {params_dir / 'profiles'})")
+    return _parse(Profile, _read_yaml(path), path)
+
+
+def load_methods(params_dir: Path = PARAMS_DIR) -> dict[str, Method]:
+    path = params_dir / "methods.yaml"
+    data = _read_yaml(path) or {}
+    return {name: _parse(Method, spec, f"{path}: method {name!r}") for name, spec in data.items()}
+
+
+def load_table(name: str, params_dir: Path = PARAMS_DIR) -> TableDef:
+    path = params_dir / "tables" / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in (params_dir / "tables").glob("*.yaml"))
+        raise ConfigError(f"unknown table {name!r}; allowed: {', '.join(available)}")
+    table = _parse(TableDef, _read_yaml(path), path)
+    if table.name != name:
+        raise ConfigError(f"{path}: `name: {table.name}` differs from the file name {name}")
+    return table
+
+
+def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, settings: dict[str, Any],
+            seed: int, source: str) -> tuple[RunConfig, dict[str, Any]]:
+    """The validated RunConfig of one cell and seed, and the logical facts (dataset, method, ...) behind it."""
+    merged = {**table.fixed, **settings}
+    special = {k: merged.pop(k) for k in SPECIAL_KEYS if k in merged}
+    config: dict[str, Any] = copy.deepcopy(profile.defaults)
+    facts: dict[str, Any] = {"table": table.name}
+
+    dataset = special.get("dataset")
+    if dataset is None:
+        raise ConfigError(f"{source}: no dataset; give the table a `dataset` axis or fixed value")
+    if dataset not in profile.datasets:
+        raise ConfigError(f"{source}: dataset {dataset!r} is not in profile {profile.name}'s datasets "
+                          f"({', '.join(profile.datasets)})")
+    facts["dataset"] = dataset
+    set_path(config, "data.dataset", profile.datasets[dataset])
+
+    method_name = special.get("method")
+    if method_name is None:
+        raise ConfigError(f"{source}: no method; give the table a `method` axis or fixed value")
+    if method_name not in methods:
+        raise ConfigError(f"{source}: unknown method {method_name!r}; allowed: {', '.join(methods)} (params/methods.yaml)")
+    method = methods[method_name]
+    facts.update(method=method_name, loss=method.loss, regularizer=method.regularizer)
+    set_path(config, "loss.name", method.loss)
+    set_path(config, "regularizer.name", method.regularizer)
+    _apply(config, method.set)
+
+    size = int(special.get("image_size", profile.default_image_size))
+    if size not in profile.image_sizes:
+        raise ConfigError(f"{source}: image_size {size} has no preset in profile {profile.name} "
+                          f"(allowed: {sorted(profile.image_sizes)})")
+    facts["image_size"] = size
+    _apply(config, profile.image_sizes[size])
+
+    facts["backbone"] = merged.get("model.backbone", config.get("model", {}).get("backbone"))
+    for override in profile.overrides:
+        if override.matches(facts):
+            _apply(config, override.set)
+    _apply(config, merged)
+    config["seed"] = seed
+    return validate_run_config(config, source), facts
+
+
+def run_id(config: RunConfig) -> str:
+    c = config
+    return (f"{c.data.dataset}-{c.model.backbone}-{c.loss.name}-{c.regularizer.name}"
+            f"-d{c.model.embedding_dim}-{c.data.crop}px-seed{c.seed}-{c.fingerprint()}")
+
+
+def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
+                 runs: dict[str, RunSpec]) -> Table:
+    axes = {name: table.axis(name).bundles() for name in table.rows + table.columns}
+    seeds = table.seeds or profile.seeds
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        labels, settings, paper = {}, {}, {}
+        for axis_name, (label, bundle, paper_attrs) in zip(axes, combo):
+            labels[axis_name] = label
+            settings.update(bundle)
+            paper.update(paper_attrs)
+        ids = []
+        facts: dict[str, Any] = {}
+        for seed in seeds:
+            source = f"params/tables/{table.name}.yaml [{', '.join(f'{k}={v}' for k, v in labels.items())}, seed {seed}]"
+            config, facts = resolve(profile, methods, table, settings, seed, source)
+            rid = run_id(config)
+            spec = runs.setdefault(rid, RunSpec(rid, config, tags={k: str(v) for k, v in facts.items() if k != "table"}))
+            if table.name not in spec.tables:
+                spec.tables.append(table.name)
+            ids.append(rid)
+        paper = {"dataset": facts["dataset"], "method": facts["method"], **paper}
+        cells.append(Cell(labels, facts, paper, ids))
+    return Table(table, cells)
+
+
+def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR) -> Grid:
+    """Expand params/ for one profile. Raises ConfigError (naming file and key) on any mistake."""
+    profile = load_profile(profile_name, params_dir)
+    methods = load_methods(params_dir)
+    names = profile.tables or sorted(p.stem for p in (params_dir / "tables").glob("*.yaml"))
+    runs: dict[str, RunSpec] = {}
+    tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs) for name in names}
+    return Grid(profile, methods, runs, tables)

@@ -1,0 +1,38 @@
+"""Where every stage reads and writes: one place, so Snakemake, DVC and the commands agree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNS = Path("runs")
+RESULTS = Path("results")
+
+
+def run_dir(profile: str, run_id: str) -> Path:
+    return RUNS / profile / run_id
+
+
+def trained_marker(profile: str, run_id: str) -> Path:
+    """Written when training finished; checkpoints are not declared outputs, so a workflow manager
+    never deletes them when a job is interrupted (the run resumes from them)."""
+    return run_dir(profile, run_id) / "trained.json"
+
+
+def metrics_file(profile: str, run_id: str) -> Path:
+    return run_dir(profile, run_id) / "metrics.json"
+
+
+def results_dir(profile: str) -> Path:
+    return RESULTS / profile
+
+
+def table_files(profile: str, table: str) -> dict[str, Path]:
+    base = results_dir(profile) / table
+    return {"csv": base.with_suffix(".csv"), "md": base.with_suffix(".md")}
+
+
+def report_file(profile: str) -> Path:
+    return results_dir(profile) / "REPORT.md"
+
+
+def tracking_ready(profile: str) -> Path:
+    return RUNS / profile / ".tracking-ready"

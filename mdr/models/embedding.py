@@ -1,0 +1,61 @@
+"""Backbone + linear embedding head, with the normalisation the method asks for (reference/mdr.md §2.2).
+
+normalization:
+  batch_mean_distance  training mode only: output divided by the batch's mean off-diagonal pairwise
+                       distance (not detached), so the mean distance is 1 and a margin is relative;
+                       eval mode returns the raw output ("learning without L2 normalization").
+  l2                   L2-normalised in training and evaluation.
+  none                 raw output always.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mdr.losses.distances import euclidean_pdist, mean_offdiagonal
+
+from .backbones import Backbone, create_backbone
+
+NORMALIZATIONS = ("batch_mean_distance", "l2", "none")
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, backbone: Backbone, embedding_dim: int, normalization: str = "batch_mean_distance",
+                 freeze_bn: bool = False):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, embedding_dim)
+        self.normalization = normalization
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True) -> "EmbeddingModel":
+        super().train(mode)
+        if mode and self.freeze_bn:
+            # Frozen BN as in the authors' code: running statistics fixed, affine parameters still trained.
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features of RGB images in [0, 1]."""
+        return self.backbone(self.backbone.preprocess(images))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        e = self.head(features)
+        if self.normalization == "l2":
+            return F.normalize(e, dim=1)
+        if self.normalization == "batch_mean_distance" and self.training:
+            return e / mean_offdiagonal(euclidean_pdist(e))
+        return e
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.features(images))
+
+
+def build_model(backbone: str, embedding_dim: int, normalization: str, freeze_bn: bool,
+                pretrained: bool = False, weights: str | None = None) -> EmbeddingModel:
+    return EmbeddingModel(create_backbone(backbone, pretrained, weights), embedding_dim, normalization, freeze_bn)

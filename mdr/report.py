@@ -1,0 +1,232 @@
+"""Tables and the report from run folders: ours (mean ± std over seeds) beside the published numbers.
+
+Aggregation reads only files (each run's metrics.json), so tables can be rebuilt without the
+tracking store (DESIGN.md principle 5). A cell without finished runs is shown as "not run".
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mdr import layout
+from mdr.grid import Cell, Grid, Table
+
+NOT_RUN = "not run"
+
+
+def published_results() -> pd.DataFrame:
+    """The paper's numbers (a copy of shared/reference/paper_results.csv shipped inside the package)."""
+    with resources.files("mdr.reference").joinpath("paper_results.csv").open() as f:
+        return pd.read_csv(f, dtype=str, keep_default_na=False)
+
+
+def dataset_ks(dataset: str) -> list[int]:
+    from mdr.data.registry import get_dataset
+
+    return list(get_dataset(dataset).ks)
+
+
+def table_metrics(table: Table, cell: Cell) -> list[str]:
+    metrics = table.definition.metrics
+    if metrics == "dataset_ks":
+        return [f"recall_at_{k}" for k in dataset_ks(cell.facts["dataset"])]
+    return list(metrics)
+
+
+def load_metrics(profile: str, run_id: str, runs_root: Path | None = None) -> dict[str, Any] | None:
+    path = (runs_root / profile / run_id / "metrics.json") if runs_root else layout.metrics_file(profile, run_id)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _published_value(pub: pd.DataFrame, key: str | None, cell: Cell, metric: str) -> tuple[float | None, float | None]:
+    if key is None:
+        return None, None
+    name = metric.replace("recall_at_", "recall@")
+    rows = pub[(pub["table"] == key) & (pub["metric"] == name)]
+    for column, value in cell.paper.items():
+        if column in rows.columns:
+            rows = rows[rows[column] == str(value)]
+    if rows.empty:
+        return None, None
+    row = rows.iloc[0]
+    std = float(row["std"]) if row["std"] != "" else None
+    return float(row["value"]), std
+
+
+def aggregate_table(grid: Grid, name: str, runs_root: Path | None = None) -> pd.DataFrame:
+    """One row per (cell, metric): our mean/std/n over seeds at the table's epoch, and the published value."""
+    table = grid.tables[name]
+    definition = table.definition
+    pub = published_results()
+    epoch = definition.report_epoch
+    records = []
+    for cell in table.cells:
+        results = [load_metrics(grid.profile.name, rid, runs_root) for rid in cell.run_ids]
+        done = [r for r in results if r is not None]
+        trained_on = grid.runs[cell.run_ids[0]].config.data.dataset
+        for metric in table_metrics(table, cell):
+            values = [100 * r[epoch][metric] for r in done if metric in r[epoch]]
+            published, published_std = _published_value(pub, definition.published, cell, metric)
+            mean = float(np.mean(values)) if values else None
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
+            records.append({
+                **cell.labels,
+                "dataset": cell.facts["dataset"], "trained_on": trained_on, "metric": metric,
+                "mean": mean, "std": std, "n": len(values), "seeds": len(cell.run_ids),
+                "published": published, "published_std": published_std,
+                "diff": (mean - published) if (mean is not None and published is not None) else None,
+                "status": "done" if len(values) == len(cell.run_ids) else (f"{len(values)}/{len(cell.run_ids)} seeds" if values else NOT_RUN),
+                "runs": " ".join(cell.run_ids),
+            })
+    return pd.DataFrame.from_records(records)
+
+
+def comparison_rows(grid: Grid, name: str) -> pd.DataFrame:
+    """Published rows of methods the paper only cites (HTL, MS, ...), shown as published."""
+    key = grid.tables[name].definition.published
+    pub = published_results()
+    if key is None:
+        return pub.iloc[0:0]
+    return pub[(pub["table"] == key) & (pub["note"] == "published comparison row")]
+
+
+def _fmt(mean: Any, std: Any, n: int) -> str:
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return NOT_RUN
+    s = f"{mean:.1f}"
+    if n > 1 and std is not None and not np.isnan(std):
+        s += f" ± {std:.1f}"
+    return s
+
+
+def _metric_label(metric: str) -> str:
+    return metric.replace("recall_at_", "R@").replace("map_at_r", "MAP@R").replace("nmi", "NMI")
+
+
+def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
+    definition = grid.tables[name].definition
+    rows, columns = definition.rows, definition.columns
+    profile = grid.profile.name
+    lines = [f"## {definition.title}", ""]
+    trained = sorted(set(df["trained_on"])) if not df.empty else []
+    logical = sorted(set(df["dataset"])) if not df.empty else []
+    if trained != logical:
+        lines += [f"> Profile `{profile}`: ours are trained and tested on **{', '.join(trained)}**, standing in for "
+                  f"{', '.join(logical)}; the published numbers are on the real datasets. Compare the ordering "
+                  "of methods, not the values.", ""]
+    lines += [f"Ours: mean ± std over seeds (n = {int(df['seeds'].max()) if not df.empty else 0}), "
+              f"{definition.report_epoch} epoch, in %. Paper: published mean (± std where given).", ""]
+    groups = df.groupby(columns, sort=False) if columns else [((), df)]
+    for key, part in groups:
+        if columns:
+            key = key if isinstance(key, tuple) else (key,)
+            lines.append("### " + ", ".join(f"{c} = {k}" for c, k in zip(columns, key)))
+            lines.append("")
+        metrics = list(dict.fromkeys(part["metric"]))
+        header = rows + [h for m in metrics for h in (f"{_metric_label(m)} ours", f"{_metric_label(m)} paper", "Δ")]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for row_key, row_part in part.groupby(rows, sort=False):
+            row_key = row_key if isinstance(row_key, tuple) else (row_key,)
+            cells = [str(k) for k in row_key]
+            for m in metrics:
+                r = row_part[row_part["metric"] == m].iloc[0]
+                pub = "—" if pd.isna(r["published"]) else (f"{r['published']:.1f}" + (f" ± {r['published_std']:.1f}" if not pd.isna(r["published_std"]) else ""))
+                diff = "—" if pd.isna(r["diff"]) else f"{r['diff']:+.1f}"
+                cells += [_fmt(r["mean"], r["std"], int(r["n"])), pub, diff]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    comparison = comparison_rows(grid, name)
+    if not comparison.empty:
+        lines += ["Published comparison rows (cited by the paper, not trained here):", ""]
+        wide = comparison.assign(metric=comparison["metric"].str.replace("recall@", "R@"))
+        wide = wide.pivot_table(index="method", columns=["dataset", "metric"], values="value", aggfunc="first", sort=False)
+        lines.append(wide.to_markdown())
+        lines.append("")
+    if definition.note:
+        lines += [f"Note: {definition.note.strip()}", ""]
+    return "\n".join(lines)
+
+
+def write_table(grid: Grid, name: str, runs_root: Path | None = None) -> dict[str, Path]:
+    from mdr.io import atomic_write_text
+
+    df = aggregate_table(grid, name, runs_root)
+    files = layout.table_files(grid.profile.name, name)
+    atomic_write_text(files["csv"], df.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(files["md"], table_markdown(grid, name, df) + "\n")
+    return files
+
+
+def runs_summary(grid: Grid, runs_root: Path | None = None) -> pd.DataFrame:
+    """Every run of the profile with its tags and best/final metrics: the tables' raw material."""
+    records = []
+    for rid, spec in grid.runs.items():
+        m = load_metrics(grid.profile.name, rid, runs_root)
+        rec: dict[str, Any] = {"run": rid, "tables": ",".join(spec.tables), **spec.tags, "seed": spec.config.seed}
+        if m:
+            rec["best_epoch"] = m["best_epoch"]
+            rec.update({f"best_{k}": v for k, v in m["best"].items()})
+            rec.update({f"final_{k}": v for k, v in m["final"].items()})
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def reading(grid: Grid, name: str, df: pd.DataFrame) -> list[str]:
+    """A short automatic reading: per column group, the ranking of rows by the first metric, ours vs paper."""
+    definition = grid.tables[name].definition
+    if df.empty:
+        return []
+    out = []
+    first = df["metric"].iloc[0]
+    part = df[df["metric"] == first]
+    groups = part.groupby(definition.columns, sort=False) if definition.columns else [((), part)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(str(k) for k in key) or "all"
+        label = g[definition.rows].astype(str).agg(" / ".join, axis=1)
+        ours = g.assign(label=label).dropna(subset=["mean"]).sort_values("mean", ascending=False)
+        if ours.empty:
+            out.append(f"- {where}: no finished runs yet.")
+            continue
+        text = f"- {where}, {_metric_label(first)}: ours " + " > ".join(
+            f"{r.label} ({r.mean:.1f})" for r in ours.itertuples())
+        paper = g.assign(label=label).dropna(subset=["published"]).sort_values("published", ascending=False)
+        if not paper.empty:
+            text += "; paper " + " > ".join(f"{r.label} ({r.published:.1f})" for r in paper.itertuples())
+            same = list(ours["label"]) == list(paper["label"]) if len(paper) == len(ours) else None
+            if same is not None:
+                text += ". Ordering " + ("reproduced." if same else "**not** reproduced.")
+        out.append(text)
+    return out
+
+
+def write_report(grid: Grid, runs_root: Path | None = None) -> Path:
+    from mdr.io import atomic_write_text
+
+    profile = grid.profile
+    summary = runs_summary(grid, runs_root)
+    atomic_write_text(layout.results_dir(profile.name) / "runs.csv", summary.to_csv(index=False, float_format="%.5f"))
+    finished = int(summary["best_epoch"].notna().sum()) if "best_epoch" in summary else 0
+    lines = [
+        f"# Reproduction report — profile `{profile.name}`", "",
+        profile.description.strip(), "",
+        f"Runs: {finished} of {len(grid.runs)} finished. Seeds per configuration: {len(profile.seeds)}. "
+        "Every number below is regenerated by `snakemake --cores 8"
+        + ("" if profile.name == "smoke" else f" --config profile={profile.name}") + "` from the run folders.", "",
+    ]
+    for name in grid.tables:
+        df = aggregate_table(grid, name, runs_root)
+        lines += [f"### Reading of {name}", ""] + reading(grid, name, df) + [""]
+        md = layout.table_files(profile.name, name)["md"]
+        lines += [f"Full table: [{md.name}]({md.name}).", ""]
+    path = layout.report_file(profile.name)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

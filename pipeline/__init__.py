@@ -1,0 +1,1 @@
+"""Stage commands: each parses its arguments, calls mdr/, and writes the stage's declared outputs."""

@@ -1,0 +1,33 @@
+"""`python -m pipeline <stage> ...`: the stage commands that Snakemake and DVC call.
+
+Every stage is a thin wrapper around mdr/: it parses arguments, calls the library and writes its
+declared outputs atomically. Errors a user can cause end in one message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+STAGES = {
+    "prepare": "pipeline.prepare",
+    "train": "pipeline.train",
+    "evaluate": "pipeline.evaluate",
+    "aggregate": "pipeline.aggregate",
+    "report": "pipeline.report",
+    "runs": "pipeline.runs",
+    "tracking-init": "pipeline.tracking_init",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(STAGES))
+    args, rest = parser.parse_known_args(argv)
+    module = importlib.import_module(STAGES[args.stage])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

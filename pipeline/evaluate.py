@@ -1,0 +1,38 @@
+"""Evaluate one trained run (best and final epoch): `python -m pipeline evaluate --profile smoke --run <id>`."""
+from __future__ import annotations
+
+import json
+
+from pipeline.common import parser, stage
+
+
+@stage
+def main(argv: list[str]) -> int:
+    p = parser(__doc__)
+    p.add_argument("--run", required=True)
+    p.add_argument("--no-tracking", action="store_true")
+    args = p.parse_args(argv)
+
+    from mdr import layout
+    from mdr.evaluation import evaluate_run
+    from mdr.grid import load_grid
+    from mdr.io import atomic_write_text
+    from pipeline.train import raise_unknown_run
+
+    grid = load_grid(args.profile)
+    spec = grid.runs.get(args.run)
+    if spec is None:
+        raise_unknown_run(args.run, grid)
+    run_dir = layout.run_dir(args.profile, spec.run_id)
+    metrics = {"run": spec.run_id, "tags": spec.tags, **evaluate_run(spec.config, run_dir)}
+    target = layout.metrics_file(args.profile, spec.run_id)
+    atomic_write_text(target, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    if not args.no_tracking:
+        from mdr.tracking import log_evaluation
+
+        log_evaluation(args.profile, spec.run_id, metrics,
+                       [target, run_dir / "config.yaml", run_dir / "history.json", run_dir / "best.pt"])
+    best = metrics["best"]
+    print(f"{spec.run_id}: best epoch {metrics['best_epoch']}, R@1 {100 * best['recall_at_1']:.2f}, "
+          f"MAP@R {100 * best['map_at_r']:.2f}")
+    return 0

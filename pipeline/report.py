@@ -1,0 +1,26 @@
+"""Write results/<profile>/REPORT.md and runs.csv from the tables' runs: `python -m pipeline report --profile smoke`."""
+from __future__ import annotations
+
+from pipeline.common import parser, stage
+
+
+@stage
+def main(argv: list[str]) -> int:
+    p = parser(__doc__)
+    p.add_argument("--no-tracking", action="store_true")
+    args = p.parse_args(argv)
+    from mdr import layout
+    from mdr.grid import load_grid
+    from mdr.report import write_report
+
+    grid = load_grid(args.profile)
+    path = write_report(grid)
+    if not args.no_tracking:
+        from mdr.tracking import log_tables
+
+        files = [path, layout.results_dir(args.profile) / "runs.csv"]
+        for name in grid.tables:
+            files += list(layout.table_files(args.profile, name).values())
+        log_tables(args.profile, files)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,45 @@
+"""Train one run of the grid: `python -m pipeline train --profile smoke --run <run_id>`."""
+from __future__ import annotations
+
+import json
+
+from pipeline.common import parser, stage
+
+
+@stage
+def main(argv: list[str]) -> int:
+    p = parser(__doc__)
+    p.add_argument("--run", required=True, help="run id (see `python -m pipeline runs`)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (it is kept)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-bars", action="store_true", help="no progress bars (epoch lines are still printed)")
+    p.add_argument("--quiet", action="store_true", help="print nothing per epoch")
+    args = p.parse_args(argv)
+
+    from mdr import layout
+    from mdr.engine import train
+    from mdr.grid import load_grid
+    from mdr.io import atomic_write_text
+
+    grid = load_grid(args.profile)
+    spec = grid.runs.get(args.run)
+    if spec is None:
+        raise_unknown_run(args.run, grid)
+    callbacks = []
+    if not args.no_tracking:
+        from mdr.tracking import MLflowLogger
+
+        callbacks.append(MLflowLogger(args.profile, spec.run_id, {**spec.tags, "tables": ",".join(spec.tables)}))
+    out = layout.run_dir(args.profile, spec.run_id)
+    result = train(spec.config, out, resume=not args.no_resume, progress=not (args.no_bars or args.quiet), echo=not args.quiet, callbacks=callbacks)
+    atomic_write_text(layout.trained_marker(args.profile, spec.run_id),
+                      json.dumps({"run": spec.run_id, "fingerprint": spec.config.fingerprint(), **result.summary}, indent=1) + "\n")
+    return 0
+
+
+def raise_unknown_run(run: str, grid) -> None:
+    from mdr.config import ConfigError
+
+    sample = ", ".join(list(grid.runs)[:3])
+    raise ConfigError(f"no run {run!r} in profile {grid.profile.name}; `python -m pipeline runs --profile "
+                      f"{grid.profile.name}` lists them (e.g. {sample})")

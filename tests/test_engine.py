@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from mdr.engine import CheckpointMismatchError, NonFiniteLossError, train
+from tests.conftest import tiny_config
+
+
+class StopAfter:
+    """A callback that interrupts training after a given epoch, like Ctrl-C would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_start(self, *a):
+        pass
+
+    def on_epoch_end(self, record):
+        if record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, *a):
+        pass
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_resume_continues_bit_for_bit(tiny_data, tmp_path):
+    config = tiny_config(tiny_data)
+    straight = train(config, tmp_path / "a", progress=False, echo=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "b", progress=False, echo=False, callbacks=[StopAfter(2)])
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "interrupted"
+    resumed = train(config, tmp_path / "b", progress=False, echo=False)
+    assert _strip(resumed.history) == _strip(straight.history)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    for key in ("model", "regularizer"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resuming"
+    assert b["regularizer"]["mdr.initialized"]
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "finished"
+
+
+def test_history_records_recall_and_best_checkpoint(tiny_data, tmp_path):
+    result = train(tiny_config(tiny_data), tmp_path / "run", progress=False, echo=False)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert all(0 <= r["recall_at_1"] <= 1 for r in result.history)
+    assert {"reg_mdr", "reg_level_0", "metric_loss", "lr"} <= set(result.history[0])
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert best["epoch"] + 1 == result.best_epoch
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "history.json").exists()
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_data, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data)
+    import mdr.engine as engine
+
+    real_create = engine.LOSSES.create
+
+    class NanAfter(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, e, y):
+            self.calls += 1
+            out = self.inner(e, y)
+            return out * float("nan") if self.calls > 4 else out
+
+    monkeypatch.setattr(engine.LOSSES, "create", lambda *a, **k: NanAfter(real_create(*a, **k)))
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, iteration 2 .*checkpoints up to epoch 1"):
+        train(config, tmp_path / "run", progress=False, echo=False)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 0
+
+
+def test_a_checkpoint_of_another_config_is_never_reused(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, **{"train.epochs": 2, "optim.lr_milestones": [1]}), tmp_path / "run", progress=False, echo=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointMismatchError, match="different configuration"):
+        train(tiny_config(tiny_data, **{"optim.lr": 5e-4}), tmp_path / "run", progress=False, echo=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before

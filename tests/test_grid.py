@@ -1,0 +1,140 @@
+"""The grid: params/ -> runs and table cells; the paper protocol; mistakes rejected with clear messages."""
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdr.config import ConfigError
+from mdr.grid import PARAMS_DIR, load_grid
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_grid("paper")
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_grid("smoke")
+
+
+def _find(grid, table, **labels):
+    for cell in grid.tables[table].cells:
+        if all(cell.labels.get(k) == v for k, v in labels.items()):
+            return [grid.runs[r].config for r in cell.run_ids]
+    raise AssertionError(f"no cell {labels} in {table}")
+
+
+def test_paper_cub_triplet_mdr_follows_the_authors_protocol(paper):
+    configs = _find(paper, "table1", dataset="cub200", method="Triplet+MDR")
+    assert [c.seed for c in configs] == [0, 1, 2]
+    c = configs[0]
+    assert (c.model.backbone, c.model.embedding_dim, c.model.pretrained, c.model.freeze_bn) == ("bninception", 512, True, True)
+    assert (c.train.batch_size, c.train.images_per_class) == (128, 4)
+    assert c.train.epochs * c.train.iterations_per_epoch == 10_000
+    assert c.optim.lr == 5e-5 and c.optim.weight_decay == 1e-5
+    assert c.optim.lr_milestones == [40, 60, 80] and c.optim.lr_gamma == 0.2
+    assert c.regularizer.name == "mdr"
+    assert c.regularizer.params == {"levels": [-3.0, 0.0, 3.0], "weight": 0.6, "level_penalty": 0.01, "momentum": 0.9}
+    assert c.normalization == "batch_mean_distance"
+    assert (c.data.image_size, c.data.crop, c.data.crop_scale, c.data.hflip) == (256, 224, (0.16, 1.0), True)
+    assert c.eval.ks == [1, 2, 4, 8]
+    assert c.loss.params["margin"] == 0.2
+
+
+@pytest.mark.parametrize("dataset,lam,lr,batch,ks", [
+    ("cars196", 0.2, 5e-5, 128, [1, 2, 4, 8]),
+    ("sop", 0.1, 1e-4, 256, [1, 10, 100, 1000]),
+    ("inshop", 0.1, 1e-4, 256, [1, 10, 20, 30, 40]),
+])
+def test_paper_per_dataset_settings(paper, dataset, lam, lr, batch, ks):
+    c = _find(paper, "table1", dataset=dataset, method="Triplet+MDR")[0]
+    assert c.regularizer.params["weight"] == lam and c.optim.lr == lr
+    assert c.train.batch_size == batch and c.eval.ks == ks
+    assert c.data.dataset == dataset
+
+
+def test_baselines_differ_from_mdr_only_in_regularizer_and_head(paper):
+    triplet = _find(paper, "table1", dataset="cub200", method="Triplet")[0]
+    l2 = _find(paper, "table1", dataset="cub200", method="Triplet+L2Norm")[0]
+    mdr = _find(paper, "table1", dataset="cub200", method="Triplet+MDR")[0]
+    assert triplet.normalization == "batch_mean_distance" and l2.normalization == "l2"
+    for other in (triplet, l2):
+        a, b = other.model_dump(), mdr.model_dump()
+        a.pop("regularizer"), b.pop("regularizer")
+        assert a == b
+
+
+def test_dagger_rows_use_256_px(paper):
+    c = _find(paper, "table1", dataset="sop", method="Triplet+MDR†")[0]
+    assert (c.data.image_size, c.data.crop) == (292, 256)
+
+
+def test_smoke_maps_every_dataset_to_glyphs_and_shares_runs(smoke):
+    table = smoke.tables["table1"]
+    assert {smoke.runs[r].config.data.dataset for c in table.cells for r in c.run_ids} == {"glyphs"}
+    assert len({r for c in table.cells for r in c.run_ids}) == 4 * 3  # 4 rows x 3 seeds, shared by 4 datasets
+
+
+def test_run_ids_are_readable_and_stable(smoke):
+    again = load_grid("smoke")
+    assert list(again.runs) == list(smoke.runs)
+    rid = next(iter(smoke.runs))
+    assert rid.startswith("glyphs-smallcnn-triplet-") and "-seed0-" in rid
+
+
+# ---- mistakes in params/ -------------------------------------------------------------------------
+
+@pytest.fixture
+def params(tmp_path):
+    dst = tmp_path / "params"
+    shutil.copytree(PARAMS_DIR, dst)
+    return dst
+
+
+def _edit(path: Path, fn):
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["defaults"]["model"].update(backbone="resnet19"),
+     r"model\.backbone: unknown backbone 'resnet19'; allowed: .*resnet18"),
+    (lambda p: p["defaults"]["train"].update(batch_size=66),
+     r"batch_size 66 is not divisible by images_per_class 4"),
+    (lambda p: p["overrides"][0]["set"]["regularizer.params"].update(levels="-3,0,3"),
+     r"levels must be a list of numbers"),
+    (lambda p: p["defaults"]["train"].update(epochz=3),
+     r"train\.epochz: unknown key"),
+    (lambda p: p["datasets"].update(cub200="cub"),
+     r"unknown dataset 'cub'; allowed: .*cub200"),
+])
+def test_profile_mistakes_name_the_key_and_allowed_values(params, edit, message):
+    _edit(params / "profiles" / "smoke.yaml", edit)
+    with pytest.raises(ConfigError, match=message):
+        load_grid("smoke", params)
+
+
+def test_unknown_method_and_loss(params):
+    _edit(params / "tables" / "table1.yaml", lambda t: t["axes"]["method"]["choices"]["Triplet"].update(method="Tripplet"))
+    with pytest.raises(ConfigError, match=r"unknown method 'Tripplet'; allowed: Triplet"):
+        load_grid("smoke", params)
+
+
+def test_unknown_loss_in_methods(params):
+    _edit(params / "methods.yaml", lambda m: m["Triplet"].update(loss="tripplet"))
+    with pytest.raises(ConfigError, match=r"loss\.name: unknown loss 'tripplet'; allowed: contrastive, margin, triplet"):
+        load_grid("smoke", params)
+
+
+def test_table_layout_must_name_every_axis(params):
+    _edit(params / "tables" / "table1.yaml", lambda t: t.update(columns=[]))
+    with pytest.raises(ConfigError, match=r"table1\.yaml: .*must name every axis"):
+        load_grid("smoke", params)
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match=r"unknown profile 'smoek'; allowed: paper, smoke"):
+        load_grid("smoek")
