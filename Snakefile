@@ -19,6 +19,13 @@ except ConfigError as error:
 PY = sys.executable
 RES = GRID.profile.resources
 TABLES = list(GRID.tables)
+KIND = {name: table.definition.kind for name, table in GRID.tables.items()}
+RESULT_FILES = [str(f) for t in TABLES for f in layout.table_files(PROFILE, t, KIND[t]).values()]
+
+
+def names_regex(kind):
+    names = [t for t in TABLES if KIND[t] == kind]
+    return "|".join(names) if names else "(?!)"
 
 
 def prepared_marker(run):
@@ -39,7 +46,7 @@ wildcard_constraints:
 rule all:
     input:
         str(layout.report_file(PROFILE)),
-        [str(f) for t in TABLES for f in layout.table_files(PROFILE, t).values()],
+        RESULT_FILES,
 
 
 rule prepare:
@@ -88,19 +95,35 @@ rule evaluate:
         "{PY} -m pipeline evaluate --profile {PROFILE} --run {wildcards.run}"
 
 
-rule aggregate:
+rule aggregate_table:
     input:
         table_metrics,
     output:
         csv=f"results/{PROFILE}/{{table}}.csv",
         md=f"results/{PROFILE}/{{table}}.md",
+        tex=f"results/{PROFILE}/{{table}}.tex",
+    wildcard_constraints:
+        table=names_regex("table"),
+    shell:
+        "{PY} -m pipeline aggregate --profile {PROFILE} --table {wildcards.table}"
+
+
+rule aggregate_figure:
+    input:
+        table_metrics,
+    output:
+        csv=f"results/{PROFILE}/{{table}}.csv",
+        md=f"results/{PROFILE}/{{table}}.md",
+        png=f"results/{PROFILE}/{{table}}.png",
+    wildcard_constraints:
+        table=names_regex("figure"),
     shell:
         "{PY} -m pipeline aggregate --profile {PROFILE} --table {wildcards.table}"
 
 
 rule report:
     input:
-        [str(f) for t in TABLES for f in layout.table_files(PROFILE, t).values()],
+        RESULT_FILES,
     output:
         str(layout.report_file(PROFILE)),
     shell:

@@ -95,10 +95,12 @@ class Components:
 
 def build_components(config: RunConfig, num_classes: int, device: torch.device) -> Components:
     m = config.model
-    model = build_model(m.backbone, m.embedding_dim, config.normalization, m.freeze_bn, m.pretrained, m.weights).to(device)
     context = {"num_classes": num_classes, "embedding_dim": m.embedding_dim}
+    regularizer = REGULARIZERS.create(config.regularizer.name, config.regularizer.params, **context)
+    model = build_model(m.backbone, m.embedding_dim, config.normalization, m.freeze_bn, m.pretrained, m.weights,
+                        head_factory=regularizer.build_head).to(device)
+    regularizer = regularizer.to(device)
     loss = LOSSES.create(config.loss.name, config.loss.params, **context).to(device)
-    regularizer = REGULARIZERS.create(config.regularizer.name, config.regularizer.params, **context).to(device)
     o = config.optim
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": o.lr, "weight_decay": o.weight_decay}]
     loss_groups = getattr(loss, "param_groups", None)
@@ -189,6 +191,8 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
+        if echo:
+            tqdm.write(f"[{run_dir.name}] resuming after epoch {start_epoch} from {checkpoint_path}")
     atomic_write_text(run_dir / "config.yaml", config_yaml(config))
     _write_status(run_dir, "running")
     for cb in callbacks:
@@ -206,7 +210,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
         train_eval_set = {"test": CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(),
                                                test_transform(d.crop))}
     if start_epoch == 0:
-        regularizer.on_train_start(model)
+        regularizer.on_train_start(model, train_set, device)
 
     epochs = config.train.epochs
     try:

@@ -104,7 +104,7 @@ class TableDef(Strict):
     name: str
     title: str
     kind: Literal["table", "figure"] = "table"
-    figure: str | None = Field(None, description="figure renderer (mdr/report.py) for kind: figure")
+    figure: Literal["bars", "curves", "tsne"] | None = Field(None, description="renderer in mdr/figures.py")
     axes: dict[str, Axis | list[Any]]
     rows: list[str]
     columns: list[str] = Field(default_factory=list)
@@ -117,6 +117,8 @@ class TableDef(Strict):
 
     @model_validator(mode="after")
     def _layout(self) -> "TableDef":
+        if self.kind == "figure" and self.figure is None:
+            raise ValueError("a table of kind figure needs `figure:` (bars, curves or tsne)")
         names = set(self.axes)
         placed = self.rows + self.columns
         if sorted(placed) != sorted(names):

@@ -25,9 +25,12 @@ def results_dir(profile: str) -> Path:
     return RESULTS / profile
 
 
-def table_files(profile: str, table: str) -> dict[str, Path]:
+def table_files(profile: str, table: str, kind: str = "table") -> dict[str, Path]:
+    """A table: CSV, Markdown and LaTeX; a figure: CSV, Markdown and PNG."""
     base = results_dir(profile) / table
-    return {"csv": base.with_suffix(".csv"), "md": base.with_suffix(".md")}
+    files = {"csv": base.with_suffix(".csv"), "md": base.with_suffix(".md")}
+    files["png" if kind == "figure" else "tex"] = base.with_suffix(".png" if kind == "figure" else ".tex")
+    return files
 
 
 def report_file(profile: str) -> Path:

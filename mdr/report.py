@@ -155,13 +155,38 @@ def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def table_latex(grid: Grid, name: str, df: pd.DataFrame) -> str:
+    """Booktabs LaTeX: rows x (column groups, metrics), cells "ours (paper)"."""
+    definition = grid.tables[name].definition
+    cell = df.apply(lambda r: _fmt(r["mean"], r["std"], int(r["n"])).replace("±", "$\\pm$")
+                    + ("" if pd.isna(r["published"]) else f" ({r['published']:.1f})"), axis=1)
+    wide = df.assign(cell=cell, metric=df["metric"].map(_metric_label)).pivot_table(
+        index=definition.rows, columns=definition.columns + ["metric"], values="cell", aggfunc="first", sort=False)
+    caption = f"{definition.title}. Ours: mean $\\pm$ std over seeds; published value in parentheses."
+    return wide.to_latex(caption=caption, label=f"tab:{name}", escape=False, multicolumn_format="c")
+
+
 def write_table(grid: Grid, name: str, runs_root: Path | None = None) -> dict[str, Path]:
     from mdr.io import atomic_write_text
 
+    definition = grid.tables[name].definition
     df = aggregate_table(grid, name, runs_root)
-    files = layout.table_files(grid.profile.name, name)
+    files = layout.table_files(grid.profile.name, name, definition.kind)
+    markdown = table_markdown(grid, name, df)
+    if definition.kind == "figure":
+        from mdr.figures import FIGURES
+
+        files["png"].parent.mkdir(parents=True, exist_ok=True)
+        tmp = files["png"].with_name(f".{files['png'].name}.tmp.png")
+        stats = FIGURES[definition.figure or "bars"](grid, name, df, tmp, runs_root)
+        tmp.replace(files["png"])
+        markdown += f"\n![{definition.title}]({files['png'].name})\n"
+        if stats:
+            markdown += "\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in stats.items()) + "\n"
+    else:
+        atomic_write_text(files["tex"], table_latex(grid, name, df))
     atomic_write_text(files["csv"], df.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(files["md"], table_markdown(grid, name, df) + "\n")
+    atomic_write_text(files["md"], markdown + "\n")
     return files
 
 
@@ -225,8 +250,11 @@ def write_report(grid: Grid, runs_root: Path | None = None) -> Path:
     for name in grid.tables:
         df = aggregate_table(grid, name, runs_root)
         lines += [f"### Reading of {name}", ""] + reading(grid, name, df) + [""]
-        md = layout.table_files(profile.name, name)["md"]
-        lines += [f"Full table: [{md.name}]({md.name}).", ""]
+        files = layout.table_files(profile.name, name, grid.tables[name].definition.kind)
+        lines += [f"Full table: [{files['md'].name}]({files['md'].name})."]
+        if "png" in files:
+            lines += ["", f"![{name}]({files['png'].name})"]
+        lines += [""]
     path = layout.report_file(profile.name)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
 
         files = [path, layout.results_dir(args.profile) / "runs.csv"]
         for name in grid.tables:
-            files += list(layout.table_files(args.profile, name).values())
+            files += list(layout.table_files(args.profile, name, grid.tables[name].definition.kind).values())
         log_tables(args.profile, files)
     print(f"wrote {path}")
     return 0

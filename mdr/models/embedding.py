@@ -9,6 +9,8 @@ normalization:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,12 +24,12 @@ NORMALIZATIONS = ("batch_mean_distance", "l2", "none")
 
 class EmbeddingModel(nn.Module):
     def __init__(self, backbone: Backbone, embedding_dim: int, normalization: str = "batch_mean_distance",
-                 freeze_bn: bool = False):
+                 freeze_bn: bool = False, head: nn.Module | None = None):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
         self.backbone = backbone
-        self.head = nn.Linear(backbone.feature_dim, embedding_dim)
+        self.head = head if head is not None else nn.Linear(backbone.feature_dim, embedding_dim)
         self.normalization = normalization
         self.freeze_bn = freeze_bn
 
@@ -57,5 +59,9 @@ class EmbeddingModel(nn.Module):
 
 
 def build_model(backbone: str, embedding_dim: int, normalization: str, freeze_bn: bool,
-                pretrained: bool = False, weights: str | None = None) -> EmbeddingModel:
-    return EmbeddingModel(create_backbone(backbone, pretrained, weights), embedding_dim, normalization, freeze_bn)
+                pretrained: bool = False, weights: str | None = None,
+                head_factory: "Callable[[int, int], nn.Module | None] | None" = None) -> EmbeddingModel:
+    """`head_factory(feature_dim, embedding_dim)` may supply a head other than the linear one."""
+    net = create_backbone(backbone, pretrained, weights)
+    head = head_factory(net.feature_dim, embedding_dim) if head_factory else None
+    return EmbeddingModel(net, embedding_dim, normalization, freeze_bn, head)

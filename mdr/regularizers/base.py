@@ -5,6 +5,8 @@ the engine adds it to the metric loss as is). Beyond that it may
   - own parameters (MDR's levels): the engine gives them to the optimizer (`param_groups`);
   - keep state (running statistics, a teacher network): it lives in `state_dict()`, so resuming continues exactly;
   - choose how the embedding head normalises its output (`normalization`), unless the config overrides it;
+  - replace the linear embedding head (`build_head`, e.g. DetReg's normalising flow): the head is part of
+    the model, so it is used at inference too;
   - react to the loop (`on_train_start`, `on_epoch_end`) and report its components for logging (`terms`).
 """
 from __future__ import annotations
@@ -49,7 +51,13 @@ class Regularizer(nn.Module):
         """Components of the last call, for logging (e.g. {"mdr": 0.41, "levels_penalty": 0.18})."""
         return dict(self._terms)
 
-    def on_train_start(self, model: nn.Module) -> None:
+    def build_head(self, feature_dim: int, embedding_dim: int) -> nn.Module | None:
+        """A head to use instead of nn.Linear(feature_dim, embedding_dim); None keeps the linear head."""
+        return None
+
+    def on_train_start(self, model: nn.Module, train_set: Any, device: torch.device) -> None:
+        """Called once before the first epoch (not when resuming): e.g. G-DML trains its master here.
+        `train_set` is a torch Dataset of (image, label) with the training transform."""
         pass
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
