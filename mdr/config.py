@@ -36,6 +36,9 @@ class DataConfig(Strict):
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
     num_workers: int = Field(0, ge=0)
+    validation_classes: int = Field(
+        0, ge=0, description="hold out this many training classes (the last ones by label) and evaluate on "
+        "them instead of the test split: for tuning, so the test classes are never used for selection")
 
     @field_validator("dataset")
     @classmethod

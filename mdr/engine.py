@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from mdr.io import atomic_torch_save, atomic_write_text
 from mdr.losses import LOSSES
 from mdr.models import EmbeddingModel, build_model
 from mdr.regularizers import REGULARIZERS, Regularizer, StepContext
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class NonFiniteLossError(RuntimeError):
@@ -126,10 +129,33 @@ def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device:
     return torch.cat(out).numpy()
 
 
+def training_rows(prepared: PreparedDataset, config: RunConfig) -> "pd.DataFrame":
+    """The training split, less the held-out validation classes when `data.validation_classes` > 0."""
+    rows = prepared.split("train")
+    held_out = validation_labels(prepared, config)
+    return rows[~rows["label"].isin(held_out)] if held_out else rows
+
+
+def validation_labels(prepared: PreparedDataset, config: RunConfig) -> list[int]:
+    n = config.data.validation_classes
+    if not n:
+        return []
+    labels = sorted(prepared.split("train")["label"].unique())
+    if n >= len(labels) - 1:
+        raise ValueError(f"data.validation_classes {n} leaves fewer than 2 of the {len(labels)} training classes")
+    return [int(x) for x in labels[-n:]]
+
+
 def evaluation_sets(prepared: PreparedDataset, config: RunConfig) -> dict[str, CachedImages]:
-    """The test split(s) with the test transform: {'test': ...} or {'query': ..., 'gallery': ...}."""
+    """What per-epoch evaluation retrieves on: the test split(s) with the test transform ({'test': ...} or
+    {'query': ..., 'gallery': ...}), or the held-out training classes when tuning (validation_classes > 0)."""
     transform = test_transform(config.data.crop)
     images_path = prepared.root / "images.npy"
+    held_out = validation_labels(prepared, config)
+    if held_out:
+        rows = prepared.split("train")
+        rows = rows[rows["label"].isin(held_out)]
+        return {"test": CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(), transform)}
     sets = {}
     for split in prepared.eval_splits:
         rows = prepared.split(split)
@@ -140,6 +166,13 @@ def evaluation_sets(prepared: PreparedDataset, config: RunConfig) -> dict[str, C
 def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int], batch_size: int,
                       device: torch.device, full: bool = False) -> dict[str, float]:
     """Recall@K (and with `full`, MAP@R and NMI) of a model on prepared evaluation sets."""
+    return retrieval_metrics_and_embeddings(model, sets, ks, batch_size, device, full)[0]
+
+
+def retrieval_metrics_and_embeddings(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int],
+                                     batch_size: int, device: torch.device,
+                                     full: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """As retrieval_metrics, also returning the query (or test) embeddings and labels."""
     from mdr import metrics
 
     if "query" in sets:
@@ -151,8 +184,8 @@ def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: 
     candidates = len(kwargs["gallery"]) if kwargs else len(emb) - 1
     ks = [k for k in ks if k <= candidates]
     if full:
-        return metrics.evaluate_retrieval(emb, labels, ks, **kwargs)
-    return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(emb, labels, ks, **kwargs).items()}
+        return metrics.evaluate_retrieval(emb, labels, ks, **kwargs), emb, labels
+    return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(emb, labels, ks, **kwargs).items()}, emb, labels
 
 
 def _rng_state() -> dict[str, Any]:
@@ -169,7 +202,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
     prepared = load_prepared(config)
-    train_rows = prepared.split("train")
+    train_rows = training_rows(prepared, config)
     num_classes = int(prepared.manifest["label"].max()) + 1
     seed_everything(config.seed)
     parts = build_components(config, num_classes, device)

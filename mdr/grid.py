@@ -65,6 +65,8 @@ class Profile(Strict):
     overrides: list[Override] = Field(default_factory=list)
     tables: list[str] | None = Field(None, description="tables to build; default: every file in params/tables")
     resources: dict[str, Any] = Field(default_factory=dict, description="Snakemake resources of train jobs")
+    # --- tuning (mdr/tuning.py) ---
+    use_tuned: bool = Field(False, description="apply params/tuned/<profile>/<dataset>.yaml to the runs of its regularizer")
 
 
 class Method(Strict):
@@ -232,7 +234,7 @@ def load_table(name: str, params_dir: Path = PARAMS_DIR) -> TableDef:
 
 
 def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, settings: dict[str, Any],
-            seed: int, source: str) -> tuple[RunConfig, dict[str, Any]]:
+            seed: int, source: str, params_dir: Path = PARAMS_DIR) -> tuple[RunConfig, dict[str, Any]]:
     """The validated RunConfig of one cell and seed, and the logical facts (dataset, method, ...) behind it."""
     merged = {**table.fixed, **settings}
     special = {k: merged.pop(k) for k in SPECIAL_KEYS if k in merged}
@@ -266,13 +268,42 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     facts["image_size"] = size
     _apply(config, profile.image_sizes[size])
 
+    # A table may vary the loss, regularizer or backbone directly (e.g. the regularizers table): the facts
+    # that overrides match on are what the run will actually use.
+    facts["loss"] = merged.get("loss.name", facts["loss"])
+    facts["regularizer"] = merged.get("regularizer.name", facts["regularizer"])
     facts["backbone"] = merged.get("model.backbone", config.get("model", {}).get("backbone"))
     for override in profile.overrides:
         if override.matches(facts):
             _apply(config, override.set)
+    # --- tuning: the tuned regularizer settings come after the profile's, before the table's ---
+    if profile.use_tuned:
+        _apply(config, tuned_settings(params_dir, profile.name, dataset, facts["regularizer"]))
+    # --- end tuning ---
     _apply(config, merged)
     config["seed"] = seed
     return validate_run_config(config, source), facts
+
+
+# --- tuning ---
+def tuned_file(params_dir: Path, profile: str, dataset: str) -> Path:
+    """Where `python -m pipeline tune` writes a profile's tuned settings for a logical dataset."""
+    return params_dir / "tuned" / profile / f"{dataset}.yaml"
+
+
+def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: str) -> dict[str, Any]:
+    """The tuned `regularizer.params.*` settings for this dataset and regularizer; {} if none were tuned."""
+    path = tuned_file(params_dir, profile, dataset)
+    if not path.exists():
+        return {}
+    data = _read_yaml(path) or {}
+    section = data.get("regularizer") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or not isinstance(section.get("params"), dict):
+        raise ConfigError(f"{path}: expected `regularizer: {{name: ..., params: {{...}}}}` (written by pipeline tune)")
+    if section.get("name") != regularizer:
+        return {}
+    return {f"regularizer.params.{k}": v for k, v in section["params"].items()}
+# --- end tuning ---
 
 
 def run_id(config: RunConfig) -> str:
@@ -282,7 +313,7 @@ def run_id(config: RunConfig) -> str:
 
 
 def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
-                 runs: dict[str, RunSpec]) -> Table:
+                 runs: dict[str, RunSpec], params_dir: Path = PARAMS_DIR) -> Table:
     axes = {name: table.axis(name).bundles() for name in table.rows + table.columns}
     seeds = table.seeds or profile.seeds
     cells = []
@@ -296,7 +327,7 @@ def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
         facts: dict[str, Any] = {}
         for seed in seeds:
             source = f"params/tables/{table.name}.yaml [{', '.join(f'{k}={v}' for k, v in labels.items())}, seed {seed}]"
-            config, facts = resolve(profile, methods, table, settings, seed, source)
+            config, facts = resolve(profile, methods, table, settings, seed, source, params_dir)
             rid = run_id(config)
             spec = runs.setdefault(rid, RunSpec(rid, config, tags={k: str(v) for k, v in facts.items() if k != "table"}))
             if table.name not in spec.tables:
@@ -307,11 +338,14 @@ def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
     return Table(table, cells)
 
 
-def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR) -> Grid:
-    """Expand params/ for one profile. Raises ConfigError (naming file and key) on any mistake."""
+def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR, use_tuned: bool | None = None) -> Grid:
+    """Expand params/ for one profile. Raises ConfigError (naming file and key) on any mistake.
+    use_tuned: if given, overrides the profile's `use_tuned` (e.g. `snakemake --config use_tuned=true`)."""
     profile = load_profile(profile_name, params_dir)
+    if use_tuned is not None:
+        profile = profile.model_copy(update={"use_tuned": use_tuned})
     methods = load_methods(params_dir)
     names = profile.tables or sorted(p.stem for p in (params_dir / "tables").glob("*.yaml"))
     runs: dict[str, RunSpec] = {}
-    tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs) for name in names}
+    tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs, params_dir) for name in names}
     return Grid(profile, methods, runs, tables)

@@ -72,7 +72,8 @@ def aggregate_table(grid: Grid, name: str, runs_root: Path | None = None) -> pd.
         done = [r for r in results if r is not None]
         trained_on = grid.runs[cell.run_ids[0]].config.data.dataset
         for metric in table_metrics(table, cell):
-            values = [100 * r[epoch][metric] for r in done if metric in r[epoch]]
+            scale = 1.0 if metric in RAW_METRICS else 100.0
+            values = [scale * r[epoch][metric] for r in done if metric in r[epoch]]
             published, published_std = _published_value(pub, definition.published, cell, metric)
             mean = float(np.mean(values)) if values else None
             std = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
@@ -85,7 +86,32 @@ def aggregate_table(grid: Grid, name: str, runs_root: Path | None = None) -> pd.
                 "status": "done" if len(values) == len(cell.run_ids) else (f"{len(values)}/{len(cell.run_ids)} seeds" if values else NOT_RUN),
                 "runs": " ".join(cell.run_ids),
             })
-    return pd.DataFrame.from_records(records)
+    df = pd.DataFrame.from_records(records)
+    if "cost_ratio" in (definition.metrics if isinstance(definition.metrics, list) else []):
+        df = _cost_ratios(df, definition.rows + definition.columns)
+    return df
+
+
+# Metrics reported as they are (not as percentages).
+RAW_METRICS = {"seconds_per_iteration", "cost_ratio"}
+PLAIN_REGULARIZER = "none"
+
+
+def _cost_ratios(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """cost_ratio = seconds per iteration / that of the same cell with regularizer `none` (the plain loss)."""
+    if "regularizer" not in axes:
+        raise ValueError("metric cost_ratio needs a `regularizer` axis with the value `none`")
+    others = [a for a in axes if a != "regularizer"]
+    time = df[df["metric"] == "seconds_per_iteration"]
+    plain = time[time["regularizer"] == PLAIN_REGULARIZER].set_index(others)["mean"]
+    rows = df["metric"] == "cost_ratio"
+    for i in df.index[rows]:
+        key = tuple(df.loc[i, others]) if len(others) > 1 else df.loc[i, others[0]]
+        mine = time[(time[others] == df.loc[i, others]).all(axis=1) & (time["regularizer"] == df.loc[i, "regularizer"])]["mean"]
+        base = plain.get(key)
+        if not mine.empty and base is not None and pd.notna(base) and pd.notna(mine.iloc[0]):
+            df.loc[i, ["mean", "std", "n", "status"]] = [mine.iloc[0] / base, np.nan, 1, "done"]
+    return df
 
 
 def comparison_rows(grid: Grid, name: str) -> pd.DataFrame:
@@ -97,17 +123,18 @@ def comparison_rows(grid: Grid, name: str) -> pd.DataFrame:
     return pub[(pub["table"] == key) & (pub["note"] == "published comparison row")]
 
 
-def _fmt(mean: Any, std: Any, n: int) -> str:
+def _fmt(mean: Any, std: Any, n: int, digits: int = 1) -> str:
     if mean is None or (isinstance(mean, float) and np.isnan(mean)):
         return NOT_RUN
-    s = f"{mean:.1f}"
+    s = f"{mean:.{digits}f}"
     if n > 1 and std is not None and not np.isnan(std):
-        s += f" ± {std:.1f}"
+        s += f" ± {std:.{digits}f}"
     return s
 
 
 def _metric_label(metric: str) -> str:
-    return metric.replace("recall_at_", "R@").replace("map_at_r", "MAP@R").replace("nmi", "NMI")
+    return {"seconds_per_iteration": "s/iter", "cost_ratio": "cost ×"}.get(
+        metric, metric.replace("recall_at_", "R@").replace("map_at_r", "MAP@R").replace("nmi", "NMI"))
 
 
 def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
@@ -140,7 +167,7 @@ def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
                 r = row_part[row_part["metric"] == m].iloc[0]
                 pub = "—" if pd.isna(r["published"]) else (f"{r['published']:.1f}" + (f" ± {r['published_std']:.1f}" if not pd.isna(r["published_std"]) else ""))
                 diff = "—" if pd.isna(r["diff"]) else f"{r['diff']:+.1f}"
-                cells += [_fmt(r["mean"], r["std"], int(r["n"])), pub, diff]
+                cells += [_fmt(r["mean"], r["std"], int(r["n"]), 3 if m in RAW_METRICS else 1), pub, diff]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     comparison = comparison_rows(grid, name)

@@ -85,3 +85,23 @@ def test_a_checkpoint_of_another_config_is_never_reused(tiny_data, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="different configuration"):
         train(tiny_config(tiny_data, **{"optim.lr": 5e-4}), tmp_path / "run", progress=False, echo=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_validation_classes_are_carved_out_of_training_and_test_is_untouched(tiny_data, tmp_path):
+    from mdr.engine import evaluation_sets, load_prepared, training_rows
+
+    config = tiny_config(tiny_data, **{"data.validation_classes": 1, "train.batch_size": 6})
+    prepared = load_prepared(config)
+    train = training_rows(prepared, config)
+    val = evaluation_sets(prepared, config)["test"]
+    test_labels = set(prepared.split("test")["label"])
+    assert set(val.labels) == {3} and 3 not in set(train["label"])  # the last training class
+    assert not (set(val.labels) | set(train["label"])) & test_labels
+    result = train_fn(config, tmp_path)
+    assert result.history[-1]["recall_at_1"] >= 0
+
+
+def train_fn(config, tmp_path):
+    from mdr.engine import train as run_train
+
+    return run_train(config, tmp_path / "val", progress=False, echo=False)

@@ -116,3 +116,18 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(workdir):
     assert "resuming after epoch" in resumed.stdout + resumed.stderr
     history = json.loads((checkpoint.parent / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_paper_profile_dry_run_lists_every_job(tmp_path):
+    shutil.copytree(PARAMS_DIR, tmp_path / "params")
+    result = run(SNAKEMAKE + ["-n", "--cores", "8", "--config", "profile=paper", "-d", str(tmp_path)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from mdr.grid import load_grid
+
+    grid = load_grid("paper")
+    out = result.stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["train"] == counts["evaluate"] == len(grid.runs)
+    assert counts["prepare"] == len(grid.datasets())  # cub200, cars196, sop, inshop at 256 and 292 px
+    assert counts["aggregate_table"] + counts["aggregate_figure"] == len(grid.tables)
