@@ -340,8 +340,11 @@ def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
 
 def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR, use_tuned: bool | None = None) -> Grid:
     """Expand params/ for one profile. Raises ConfigError (naming file and key) on any mistake.
-    use_tuned: if given, overrides the profile's `use_tuned` (e.g. `snakemake --config use_tuned=true`)."""
+    use_tuned: if given, overrides the profile's `use_tuned`; else $MDR_USE_TUNED does (1/true or 0/false), which
+    the Snakefile sets from `--config use_tuned=true` so that every stage command resolves the same runs."""
     profile = load_profile(profile_name, params_dir)
+    if use_tuned is None and os.environ.get("MDR_USE_TUNED", "").strip():
+        use_tuned = os.environ["MDR_USE_TUNED"].strip().lower() in ("1", "true", "yes", "on")
     if use_tuned is not None:
         profile = profile.model_copy(update={"use_tuned": use_tuned})
     methods = load_methods(params_dir)
