@@ -2,6 +2,8 @@
 #   snakemake --cores 8                          # smoke profile: embedded data, CPU, minutes
 #   snakemake --cores 8 --config profile=paper   # the authors' protocol on the four datasets (GPU)
 # Stages: prepare -> train -> evaluate -> aggregate -> report; each is `python -m pipeline <stage>`.
+import json
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -12,6 +14,8 @@ from mdr.data.registry import prepared_dir
 from mdr.grid import load_grid
 
 PROFILE = config.get("profile", "smoke")
+if "use_tuned" in config:  # every stage command inherits it (mdr/grid.py load_grid)
+    os.environ["MDR_USE_TUNED"] = str(bool(config["use_tuned"])).lower()
 try:
     GRID = load_grid(PROFILE)
 except ConfigError as error:
@@ -128,3 +132,44 @@ rule report:
         str(layout.report_file(PROFILE)),
     shell:
         "{PY} -m pipeline report --profile {PROFILE}"
+
+
+# ---- tuning (Optuna): outside the default target; `snakemake --cores 2 tune_all` ----
+from mdr.grid import PARAMS_DIR, tuned_file
+from mdr.tuning import load_tuning, method_config
+
+TUNING = load_tuning()
+TUNE_SETTINGS = TUNING.profiles.get(PROFILE)
+
+
+def tune_prepared_marker(wildcards):
+    c = method_config(PROFILE, wildcards.dataset, TUNING.method, 0)[0].data
+    return str(prepared_dir(c.root, c.dataset, c.image_size) / "READY")
+
+
+rule tune:
+    input:
+        data=tune_prepared_marker,
+        tracking=str(layout.tracking_ready(PROFILE)),
+    output:
+        str(tuned_file(PARAMS_DIR, PROFILE, "{dataset}")),
+    params:
+        settings=lambda w: json.dumps(
+            {
+                "method": TUNING.method,
+                "spaces": {k: {n: d.model_dump() for n, d in v.items()} for k, v in TUNING.search_spaces.items()},
+                "profile": TUNE_SETTINGS.model_dump() if TUNE_SETTINGS else None,
+            },
+            sort_keys=True,
+        ),
+    threads: RES.get("threads", 1)
+    resources:
+        mem_mb=RES.get("mem_mb", 4000),
+        gpu=RES.get("gpu", 0),
+    shell:
+        "{PY} -m pipeline tune --profile {PROFILE} --dataset {wildcards.dataset} --no-bars"
+
+
+rule tune_all:
+    input:
+        [str(tuned_file(PARAMS_DIR, PROFILE, d)) for d in (TUNE_SETTINGS.tune if TUNE_SETTINGS else [])],

@@ -17,6 +17,10 @@ STAGES = {
     "report": "pipeline.report",
     "runs": "pipeline.runs",
     "tracking-init": "pipeline.tracking_init",
+    "tune": "pipeline.tune",
+    "dvc-yaml": "pipeline.dvc_yaml",
+    "dvc-metrics": "pipeline.dvc_metrics",
+    "track-rebuild": "pipeline.track_rebuild",
 }
 
 
