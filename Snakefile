@@ -51,6 +51,7 @@ rule all:
     input:
         str(layout.report_file(PROFILE)),
         RESULT_FILES,
+        f"results/{PROFILE}/metrics.json",
 
 
 rule prepare:
@@ -132,6 +133,17 @@ rule report:
         str(layout.report_file(PROFILE)),
     shell:
         "{PY} -m pipeline report --profile {PROFILE}"
+
+
+rule dvc_metrics:
+    # each table cell's headline metric, keyed by its labels (for `dvc metrics show/diff`)
+    input:
+        RESULT_FILES,
+        str(layout.report_file(PROFILE)),
+    output:
+        f"results/{PROFILE}/metrics.json",
+    shell:
+        "{PY} -m pipeline dvc-metrics --profile {PROFILE} " + " ".join(TABLES)
 
 
 # ---- tuning (Optuna): outside the default target; `snakemake --cores 2 tune_all` ----

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,14 @@ def init_store(profile: str) -> str:
     mlflow = _mlflow()
     name = experiment_name(profile)
     exp = mlflow.get_experiment_by_name(name)
-    return exp.experiment_id if exp else mlflow.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        # Artifacts beside the database, not in ./mlruns of whichever directory a job happened to run in.
+        store = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name
+        return mlflow.create_experiment(name, artifact_location=store.resolve().as_uri())
+    return mlflow.create_experiment(name)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -135,3 +143,177 @@ def log_tables(profile: str, files: list[Path]) -> None:
                     mlflow.log_artifact(str(f), artifact_path="tables")
     except Exception as e:
         warnings.warn(f"MLflow logging of the tables failed: {type(e).__name__}: {e}", stacklevel=2)
+
+
+# --- Rebuilding the store from the run folders ------------------------------------------------------
+# The run folders are the truth; the store is a view of them. `rebuild_store` (command:
+# `python -m pipeline track-rebuild --profile smoke`) recreates every run's MLflow run from its folder and
+# the profile's aggregate run from results/<profile>/. It is idempotent: a run is found by its `run_id`
+# tag and updated in place (never duplicated); what it already holds (params, epochs of a metric, final
+# metrics, artifacts of the same size) is not logged again, and a run whose folder has not changed since
+# the last rebuild (tag `mdr.source_digest`) is skipped without reading anything more.
+
+DIGEST_TAG = "mdr.source_digest"
+RUN_FILES = ("config.yaml", "history.json", "metrics.json", "status.json", "best.pt")
+MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+
+
+def _digest(files: list[Path]) -> str:
+    """What a rebuild would log from these files: small files by content, checkpoints by size and mtime."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        if not f.exists():
+            continue
+        h.update(f.name.encode())
+        if f.suffix == ".pt":
+            st = f.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _ms(path: Path) -> int | None:
+    return int(path.stat().st_mtime * 1000) if path.exists() else None
+
+
+def _batched(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+    """log_batch within MLflow's limits (1000 metrics, 100 params, 100 tags per call)."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    for i in range(0, len(tags), 100):
+        client.log_batch(run_id, tags=tags[i:i + 100])
+
+
+def _runs_by_tag(client, exp_id: str, tag: str) -> dict[str, Any]:
+    """Every run of the experiment that has `tag`, by the tag's value (the first found wins)."""
+    found: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([exp_id], filter_string=f"tags.`{tag}` != ''", max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        for run in page:
+            found.setdefault(run.data.tags[tag], run)
+        token = page.token
+        if not token:
+            return found
+
+
+def _log_artifacts(client, run, files: list[Path], artifact_path: str | None, force: bool) -> None:
+    try:
+        have = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, artifact_path)}
+    except Exception:
+        have = {}
+    for f in files:
+        if not f.exists():
+            continue
+        where = f"{artifact_path}/{f.name}" if artifact_path else f.name
+        if not force and have.get(where) == f.stat().st_size:
+            continue
+        client.log_artifact(run.info.run_id, str(f), artifact_path)
+
+
+def _rebuild_run(client, exp_id: str, profile: str, folder: Path, existing, extra_tags: dict[str, str]) -> str:
+    import yaml
+    from mlflow.entities import Metric, Param, RunTag
+
+    files = [folder / name for name in RUN_FILES]
+    digest = _digest(files)
+    if existing is not None and existing.data.tags.get(DIGEST_TAG) == digest:
+        return "unchanged"
+    rid = folder.name
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else None
+    status = json.loads((folder / "status.json").read_text()).get("status") if (folder / "status.json").exists() else None
+
+    tags = {"run_id": rid, "profile": profile, "fingerprint": rid.rsplit("-", 1)[-1], "seed": str(config.get("seed")),
+            "embedding_dim": str((config.get("model") or {}).get("embedding_dim")),
+            **(metrics or {}).get("tags", {}), **extra_tags}
+    if existing is None:
+        run = client.create_run(exp_id, run_name=rid, start_time=_ms(folder / "config.yaml"), tags=tags)
+        outcome = "created"
+    else:
+        run = client.get_run(existing.info.run_id)
+        outcome = "updated"
+    run_uuid = run.info.run_id
+
+    params = flatten(config)
+    new_params = [Param(k, str(v)) for k, v in params.items() if k not in run.data.params]
+    now = int(time.time() * 1000)
+    new_metrics = []
+    by_key: dict[str, list[tuple[int, float]]] = {}
+    for record in history:
+        for key, value in numeric(record).items():
+            by_key.setdefault(key, []).append((int(record["epoch"]), value))
+    for key, points in by_key.items():
+        logged = {m.step for m in client.get_metric_history(run_uuid, key)} if key in run.data.metrics else set()
+        new_metrics += [Metric(key, value, now, step) for step, value in points if step not in logged]
+    if metrics is not None:
+        final = {f"{which}_{k}": v for which in ("best", "final") for k, v in numeric(metrics.get(which, {})).items()}
+        if "best_epoch" in metrics:
+            final["best_epoch"] = float(metrics["best_epoch"])
+        new_metrics += [Metric(k, v, now, 0) for k, v in final.items() if run.data.metrics.get(k) != v]
+    _batched(client, run_uuid, metrics=new_metrics, params=new_params,
+             tags=[RunTag(k, str(v)) for k, v in tags.items() if run.data.tags.get(k) != str(v)])
+    _log_artifacts(client, run, [folder / n for n in ("metrics.json", "config.yaml", "history.json", "best.pt")],
+                   None, force=existing is not None)
+    if status in MLFLOW_STATUS:
+        client.set_terminated(run_uuid, MLFLOW_STATUS[status], end_time=_ms(folder / "status.json"))
+    client.set_tag(run_uuid, DIGEST_TAG, digest)  # last: a rebuild interrupted before this redoes the run
+    return outcome
+
+
+def _rebuild_aggregate(client, exp_id: str, profile: str, results: Path) -> str:
+    files = sorted(f for f in results.iterdir() if f.is_file() and not f.name.startswith(".")) if results.is_dir() else []
+    if not files:
+        return "absent"
+    digest = _digest(files)
+    found = client.search_runs([exp_id], filter_string="tags.kind = 'aggregate'", max_results=1,
+                               order_by=["attributes.start_time ASC"])
+    if found and found[0].data.tags.get(DIGEST_TAG) == digest:
+        return "unchanged"
+    if found:
+        run, outcome = found[0], "updated"
+    else:
+        run = client.create_run(exp_id, run_name=f"{profile}-tables", tags={"kind": "aggregate", "profile": profile})
+        outcome = "created"
+    _log_artifacts(client, run, files, "tables", force=bool(found))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_tag(run.info.run_id, DIGEST_TAG, digest)
+    return outcome
+
+
+def rebuild_store(profile: str, runs_root: str | Path = "runs", results_root: str | Path = "results") -> dict[str, Any]:
+    """Recreate the profile's MLflow runs from runs/<profile>/*/ and its aggregate run from results/<profile>/.
+
+    Idempotent (see above). Returns counts {"created", "updated", "unchanged", "skipped"} and the
+    aggregate run's outcome; `skipped` are folders without config.yaml (a run that never started).
+    """
+    from mlflow import MlflowClient
+
+    exp_id = init_store(profile)
+    client = MlflowClient(tracking_uri())
+    existing = _runs_by_tag(client, exp_id, "run_id")
+    try:  # the grid, where it still knows a run, adds the tables it serves (as a live run's tags do)
+        from mdr.grid import load_grid
+
+        known = {rid: {**spec.tags, "tables": ",".join(spec.tables)} for rid, spec in load_grid(profile).runs.items()}
+    except Exception:
+        known = {}
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "skipped": 0}
+    root = Path(runs_root) / profile
+    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    for folder in folders:
+        if not (folder / "config.yaml").exists():
+            counts["skipped"] += 1
+            continue
+        outcome = _rebuild_run(client, exp_id, profile, folder, existing.get(folder.name), known.get(folder.name, {}))
+        counts[outcome] += 1
+    counts["aggregate"] = _rebuild_aggregate(client, exp_id, profile, Path(results_root) / profile)
+    return counts

@@ -1,0 +1,260 @@
+"""DVC as a user drives it: a temporary git repository holding the project (mdr/, pipeline/, a shrunken
+params/ and the dvc.yaml generated for it), then real `dvc repro`, `dvc exp run -S`, `dvc metrics show`
+and `dvc plots show`. The profile is shrunk to two runs (Triplet and Triplet+MDR, one seed, 2 epochs of
+3 iterations) in two tables, one of which has no MDR run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.dvc_yaml import render
+from tests.pipeline.test_workflow import tiny_params
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.xdist_group("dvc")  # one worker, in file order: the tests share one repository
+
+TABLES = {
+    "pair": {"name": "pair", "title": "Triplet with and without MDR", "axes": {
+        "dataset": ["cub200"], "method": ["Triplet", "Triplet+MDR"]},
+        "rows": ["method"], "columns": ["dataset"], "metrics": ["recall_at_1"], "report_epoch": "best"},
+    "baselines": {"name": "baselines", "title": "Triplet alone", "axes": {"dataset": ["cub200"], "method": ["Triplet"]},
+                  "rows": ["method"], "columns": ["dataset"], "metrics": ["recall_at_1"], "report_epoch": "best"},
+}
+
+
+def shrink(params: Path) -> None:
+    path = params / "profiles" / "smoke.yaml"
+    profile = yaml.safe_load(path.read_text())
+    profile["seeds"] = [0]
+    profile["tables"] = list(TABLES)
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    for name, table in TABLES.items():
+        (params / "tables" / f"{name}.yaml").write_text(yaml.safe_dump(table, sort_keys=False))
+
+
+def set_mdr_weight(params: Path, weight: float) -> None:
+    path = params / "profiles" / "smoke.yaml"
+    profile = yaml.safe_load(path.read_text())
+    override = next(o for o in profile["overrides"] if o["when"] == {"regularizer": "mdr"})
+    override["set"]["regularizer.params"]["weight"] = weight
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+
+
+def generate(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(render("smoke", root=repo, params_dir=repo / "params"))
+
+
+def env(repo: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("MDR_PARAMS", "PYTHONPATH")}
+    # `python` in the stage commands is this interpreter; the repository's own mdr/ and params/ are used
+    e.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}",
+             MLFLOW_TRACKING_URI=f"sqlite:///{repo.parent / 'mlflow.db'}", MDR_CACHE=str(repo.parent / "cache"),
+             DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
+             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+    return e
+
+
+def sh(repo: Path, *cmd: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(cmd), cwd=repo, env=env(repo), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, *DVC, *args, check=check)
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", message, "--allow-empty")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("dvc") / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("mdr", "pipeline"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=ignore)
+    for name in (".gitignore", "Snakefile"):
+        shutil.copy(ROOT / name, repo / name)
+    tiny_params(repo / "params")
+    shrink(repo / "params")
+    # The embedded dataset as `prepare` would write it, when this checkout has it (saves its rendering);
+    # the prepare stage still runs and checks it.
+    prepared = ROOT / "data" / "prepared" / "glyphs-36px"
+    if (prepared / "READY").exists():
+        shutil.copytree(prepared, repo / "data" / "prepared" / "glyphs-36px")
+    sh(repo, "git", "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    dvc(repo, "config", "core.autostage", "false")
+    generate(repo)
+    commit(repo, "project")
+    return repo
+
+
+def run_ids(repo: Path) -> dict[str, str]:
+    """regularizer name -> run id, from the generated dvc.yaml."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {rid.split("-")[3]: rid for rid in stages["train"]["foreach"]}
+
+
+def built(repo: Path) -> subprocess.CompletedProcess:
+    return dvc(repo, "repro")
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_profile_and_a_second_repro_does_nothing(repo):
+    ids = run_ids(repo)
+    assert sorted(ids) == ["mdr", "none"]
+    first = built(repo)
+    assert ran(first) == {
+        "grid", "prepare@glyphs-36px", "tracking_init", *(f"{s}@{r}" for s in ("train", "evaluate") for r in ids.values()),
+        "aggregate-pair", "aggregate-baselines", "report", "metrics"}
+    results = repo / "results" / "smoke"
+    assert "Triplet+MDR" in (results / "pair.md").read_text() and (results / "REPORT.md").exists()
+    for rid in ids.values():
+        assert (repo / "runs" / "smoke" / rid / "best.pt").exists()
+    before = {p: p.stat().st_mtime_ns for p in results.iterdir()}
+
+    start = time.perf_counter()
+    second = dvc(repo, "repro")
+    print(f"no-op dvc repro: {time.perf_counter() - start:.1f}s")
+    assert ran(second) == set()
+    assert "Data and pipelines are up to date." in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in results.iterdir()} == before
+    assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+@pytest.mark.slow
+def test_dvc_metrics_and_plots_show(repo, tmp_path):
+    built(repo)
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    data = next(iter(metrics.values()))["data"]["results/smoke/metrics.json"]["data"]  # the workspace
+    assert data["runs"] == {"finished": 2, "total": 2}
+    assert 0 <= data["pair"]["Triplet+MDR"]["cub200"]["recall_at_1"] <= 100
+    assert set(data["baselines"]) == {"Triplet"}
+    assert "pair.Triplet+MDR.cub200.recall_at_1" in dvc(repo, "metrics", "show").stdout
+
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    assert {"pair-loss", "pair-recall_at_1", "baselines-loss", "baselines-recall_at_1"} <= set(plots["data"])
+    values = plots["data"]["pair-recall_at_1"][0]["content"]["data"]["values"]
+    assert sorted({(v["epoch"], "mdr" in v["filename"]) for v in values}) == [(1, False), (1, True), (2, False), (2, True)]
+    html = dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").exists(), html.stdout
+
+
+@pytest.mark.slow
+def test_changing_mdr_lambda_reruns_only_the_mdr_run_and_its_tables(repo):
+    built(repo)
+    commit(repo, "built")
+    old = run_ids(repo)
+    set_mdr_weight(repo / "params", 0.3)
+    generate(repo)
+    new = run_ids(repo)
+    assert new["none"] == old["none"] and new["mdr"] != old["mdr"]  # lambda is in the MDR run's hash only
+
+    start = time.perf_counter()
+    result = dvc(repo, "repro")
+    print(f"dvc repro after changing MDR's lambda: {time.perf_counter() - start:.1f}s")
+    assert ran(result) == {"grid", f"train@{new['mdr']}", f"evaluate@{new['mdr']}", "aggregate-pair", "report", "metrics"}
+    for stage in (f"train@{old['none']}", "aggregate-baselines", "prepare@glyphs-36px", "tracking_init"):
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+    assert (repo / "runs" / "smoke" / old["mdr"] / "best.pt").exists()  # the old run is kept, not deleted
+    config = yaml.safe_load((repo / "runs" / "smoke" / new["mdr"] / "config.yaml").read_text())
+    assert config["regularizer"]["params"]["weight"] == 0.3
+    assert new["mdr"] in (repo / "results" / "smoke" / "pair.csv").read_text()
+    assert ran(dvc(repo, "repro")) == set()
+    commit(repo, "lambda 0.3")
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_with_a_changed_parameter(repo):
+    built(repo)
+    commit(repo, "before the experiment")
+    result = dvc(repo, "exp", "run", "-S", "params/tables/baselines.yaml:report_epoch=final")
+    # the table's own file is a param of its aggregate stage: only it and what reads it rerun
+    assert {"grid", "aggregate-baselines", "report"} <= ran(result) <= {"grid", "aggregate-baselines", "report", "metrics"}
+    assert "final epoch" in (repo / "results" / "smoke" / "baselines.md").read_text()
+    assert yaml.safe_load((repo / "params" / "tables" / "baselines.yaml").read_text())["report_epoch"] == "final"
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
+    assert len(experiments) == 1
+    params = json.dumps(experiments[0])
+    assert '"report_epoch": "final"' in params
+    sh(repo, "git", "checkout", "--", ".")  # back to the committed workspace
+    dvc(repo, "checkout")
+
+
+def check(repo: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """`python -m pipeline dvc-yaml --check` in the repository, in this process (no second torch import)."""
+    import mdr.grid
+    from pipeline.dvc_yaml import main
+
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(mdr.grid, "PARAMS_DIR", repo / "params")
+    capsys.readouterr()
+    code = main(["--check"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_stale_dvc_yaml_is_caught_before_any_job(repo, monkeypatch, capsys):
+    built(repo)
+    params = repo / "params" / "profiles" / "smoke.yaml"
+    saved = params.read_text()
+    profile = yaml.safe_load(saved)
+    profile["defaults"]["train"]["epochs"] = 3
+    params.write_text(yaml.safe_dump(profile, sort_keys=False))
+    try:
+        code, err = check(repo, monkeypatch, capsys)
+        assert code == 1
+        assert "dvc.yaml is out of date with params/ (profile smoke)" in err
+        assert "python -m pipeline dvc-yaml --profile smoke" in err
+        assert "stages params/ now adds: evaluate@glyphs-smallcnn-triplet-mdr" in err
+        # `dvc repro` (and `dvc exp run -S ...`) on the stale file stops at the grid stage, before any job
+        result = dvc(repo, "repro", check=False)
+        assert result.returncode != 0
+        assert ran(result) == {"grid"}
+        assert "dvc.yaml is out of date with params/" in result.stdout + result.stderr
+    finally:
+        params.write_text(saved)
+    assert check(repo, monkeypatch, capsys)[0] == 0
+
+
+@pytest.mark.slow
+def test_snakemake_touch_adopts_what_dvc_built(repo):
+    """After `dvc repro`, `snakemake --touch` records the outputs, and Snakemake has nothing to do."""
+    built(repo)
+    smk = [sys.executable, "-m", "snakemake", "--cores", "1"]
+    sh(repo, *smk, "--touch")
+    dry = sh(repo, *smk, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_committed_dvc_yaml_matches_params():
+    """The dvc.yaml in the repository is what `python -m pipeline dvc-yaml` gives from params/ now."""
+    path = ROOT / "dvc.yaml"
+    assert path.exists(), "dvc.yaml missing: run `python -m pipeline dvc-yaml`"
+    from mdr.grid import PARAMS_DIR
+
+    if PARAMS_DIR.resolve() != (ROOT / "params").resolve():
+        pytest.skip("MDR_PARAMS points elsewhere")
+    assert path.read_text() == render("smoke", root=ROOT), (
+        "dvc.yaml is out of date with params/: run `python -m pipeline dvc-yaml` and commit it")
