@@ -16,6 +16,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quiet", action="store_true", help="print nothing per epoch")
     args = p.parse_args(argv)
 
+    import signal
+
+    def interrupted(signum, frame):  # Snakemake stops jobs with SIGTERM: record the run as interrupted
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+
     from mdr import layout
     from mdr.engine import train
     from mdr.grid import load_grid

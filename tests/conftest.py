@@ -71,3 +71,20 @@ def tiny_config(data_root, **overrides):
             node = node.setdefault(p, {})
         node[leaf] = value
     return RunConfig.model_validate(base)
+
+
+class StopAfter:
+    """An engine callback that interrupts training after a given epoch, as Ctrl-C would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_start(self, *a):
+        pass
+
+    def on_epoch_end(self, record):
+        if record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, *a):
+        pass

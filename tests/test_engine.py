@@ -4,24 +4,7 @@ import pytest
 import torch
 
 from mdr.engine import CheckpointMismatchError, NonFiniteLossError, train
-from tests.conftest import tiny_config
-
-
-class StopAfter:
-    """A callback that interrupts training after a given epoch, like Ctrl-C would."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_start(self, *a):
-        pass
-
-    def on_epoch_end(self, record):
-        if record["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-    def on_train_end(self, *a):
-        pass
+from tests.conftest import StopAfter, tiny_config
 
 
 def _strip(history):

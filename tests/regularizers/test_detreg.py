@@ -9,7 +9,7 @@ from mdr.models import build_model
 from mdr.regularizers import REGULARIZERS
 from mdr.regularizers.base import StepContext
 from mdr.regularizers.detreg import DetRegRegularizer, DuelingFlowHead, RealNVP
-from tests.conftest import tiny_config
+from tests.conftest import StopAfter, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -153,21 +153,6 @@ def test_regularizer_alone_changes_the_geometry_not_only_the_scale():
     off = ~torch.eye(64, dtype=torch.bool)
     ratio = after[off] / before[off]
     assert ratio.std() / ratio.mean() > 0.02  # distances did not all change by one factor
-
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_start(self, *a):
-        pass
-
-    def on_epoch_end(self, record):
-        if record["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-    def on_train_end(self, *a):
-        pass
 
 
 def test_trains_and_resumes_exactly(tiny_data, tmp_path):

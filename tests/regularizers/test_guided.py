@@ -8,7 +8,7 @@ from mdr.engine import train
 from mdr.regularizers import REGULARIZERS
 from mdr.regularizers.base import StepContext
 from mdr.regularizers.guided import GuidedRegularizer
-from tests.conftest import make_blob_dataset, tiny_config
+from tests.conftest import StopAfter, make_blob_dataset, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -118,21 +118,6 @@ def test_state_dict_round_trip_keeps_the_master(blobs):
     emb = torch.randn(6, 8)
     ctx = StepContext(0, 1, 0, images=images)
     assert fresh(emb, labels, ctx).item() == reg(emb, labels, ctx).item()
-
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_start(self, *a):
-        pass
-
-    def on_epoch_end(self, record):
-        if record["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-    def on_train_end(self, *a):
-        pass
 
 
 def test_trains_and_resumes_exactly_without_retraining_the_master(tiny_data, tmp_path, monkeypatch):

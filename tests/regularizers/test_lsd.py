@@ -12,7 +12,7 @@ from mdr.models import build_model
 from mdr.regularizers import REGULARIZERS
 from mdr.regularizers.base import StepContext
 from mdr.regularizers.lsd import LSDRegularizer, listwise_kd
-from tests.conftest import tiny_config
+from tests.conftest import StopAfter, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -129,21 +129,6 @@ def test_state_dict_round_trip_on_a_fresh_instance():
     empty = LSDRegularizer()
     empty.load_state_dict(LSDRegularizer().state_dict())
     assert empty.teacher is None and empty.teacher_epoch == -1
-
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_start(self, *a):
-        pass
-
-    def on_epoch_end(self, record):
-        if record["epoch"] == self.epoch:
-            raise KeyboardInterrupt
-
-    def on_train_end(self, *a):
-        pass
 
 
 def test_trains_and_resumes_exactly_with_the_teacher(tiny_data, tmp_path):
