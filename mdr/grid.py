@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,7 +283,18 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     # --- end tuning ---
     _apply(config, merged)
     config["seed"] = seed
-    return validate_run_config(config, source), facts
+    return _validated(config, source), facts
+
+
+_VALIDATED: dict[str, RunConfig] = {}
+
+
+def _validated(config: dict[str, Any], source: str) -> RunConfig:
+    """Validate once per distinct config: tables share most of their runs (e.g. four datasets mapped to glyphs)."""
+    key = json.dumps(config, sort_keys=True, default=str)
+    if key not in _VALIDATED:
+        _VALIDATED[key] = validate_run_config(config, source)
+    return _VALIDATED[key].model_copy(deep=True)
 
 
 # --- tuning ---
