@@ -87,15 +87,16 @@ def test_stage_command_reports_an_unknown_run_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_training_resumes_from_its_checkpoint(workdir):
-    work = workdir.parent / "resume"
+def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path):
+    work = tmp_path / "resume"
     tiny_params(work / "params")
     profile_path = work / "params" / "profiles" / "smoke.yaml"
     profile = yaml.safe_load(profile_path.read_text())
     profile["defaults"]["train"].update(epochs=6, iterations_per_epoch=3)
     profile["defaults"]["optim"]["lr_milestones"] = [3]
     profile_path.write_text(yaml.safe_dump(profile))
-    shutil.copytree(workdir / "data", work / "data")  # the prepared dataset of the first test
+    prepared = run([sys.executable, "-m", "pipeline", "prepare", "glyphs", "--image-size", "36"], work)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
     listed = run([sys.executable, "-m", "pipeline", "runs"], work)
     run_id = listed.stdout.split()[0]
     cmd = [sys.executable, "-m", "pipeline", "train", "--run", run_id, "--no-bars", "--no-tracking"]
