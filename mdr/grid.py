@@ -172,7 +172,7 @@ class Grid:
 
 
 def _label(v: Any) -> str:
-    return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip()
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def _read_yaml(path: Path) -> Any:
