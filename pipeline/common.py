@@ -6,8 +6,6 @@ import functools
 import sys
 from typing import Callable
 
-USER_ERRORS: tuple[type[BaseException], ...] = ()
-
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from mdr.config import ConfigError
