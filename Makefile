@@ -1,7 +1,7 @@
 # Fresh machine: `make reproduce` (set up + every table of the smoke profile), `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CORES ?= 8
+CORES ?= all
 PROFILE ?= smoke
 
 .PHONY: setup reproduce paper test lint clean-runs

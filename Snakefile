@@ -44,7 +44,7 @@ def table_metrics(wildcards):
 wildcard_constraints:
     run="[^/]+",
     table="[^/]+",
-    dataset="[^/-]+",
+    dataset="[^/]+",
 
 
 rule all:
@@ -57,6 +57,8 @@ rule all:
 rule prepare:
     output:
         "data/prepared/{dataset}-{size}px/READY",
+    wildcard_constraints:
+        size=r"\d+",  # dataset names may contain '-' (glyphs-closed)
     resources:
         mem_mb=4000,
     shell:

@@ -3,7 +3,8 @@
 Per epoch: `iterations_per_epoch` m-per-class batches, then the learning-rate step, an evaluation
 on the test split (Recall@K; Figure 4b also on a training subset), a checkpoint of everything needed
 to continue exactly (model, optimizer, scheduler, loss and regularizer state, RNG states, history,
-config) and, when the epoch is the best so far, a copy of the weights as best.pt.
+config) and, when the epoch is the best so far, a copy of the weights as best.pt. The test embeddings
+of the best and of the final epoch are kept too (mdr/retrieval.py), for the evaluate stage.
 
 Randomness is re-seeded from (seed, epoch) at the start of every epoch, so an epoch's batches and
 augmentations do not depend on how the run got there: a resumed run continues bit-for-bit.
@@ -34,6 +35,8 @@ from mdr.io import atomic_torch_save, atomic_write_text
 from mdr.losses import LOSSES
 from mdr.models import EmbeddingModel, build_model
 from mdr.regularizers import REGULARIZERS, Regularizer, StepContext
+from mdr.retrieval import BEST_EMBEDDINGS, FINAL_EMBEDDINGS, Embeddings
+from mdr.runtime import resolve_device, set_threads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,22 +74,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def set_threads(threads: int | None) -> None:
-    """Torch and faiss each bring an OpenMP pool; set both (Snakemake does not for every job kind)."""
-    if threads is None:
-        return
-    torch.set_num_threads(threads)
-    import faiss
-
-    faiss.omp_set_num_threads(threads)
-
-
 @dataclass
 class Components:
     model: EmbeddingModel
@@ -101,7 +88,7 @@ def build_components(config: RunConfig, num_classes: int, device: torch.device) 
     context = {"num_classes": num_classes, "embedding_dim": m.embedding_dim}
     regularizer = REGULARIZERS.create(config.regularizer.name, config.regularizer.params, **context)
     model = build_model(m.backbone, m.embedding_dim, config.normalization, m.freeze_bn, m.pretrained, m.weights,
-                        head_factory=regularizer.build_head).to(device)
+                        head_factory=regularizer.build_head, channels_last=m.channels_last).to(device)
     regularizer = regularizer.to(device)
     loss = LOSSES.create(config.loss.name, config.loss.params, **context).to(device)
     o = config.optim
@@ -163,29 +150,19 @@ def evaluation_sets(prepared: PreparedDataset, config: RunConfig) -> dict[str, C
     return sets
 
 
+def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size: int,
+               device: torch.device) -> Embeddings:
+    """Embeddings of evaluation sets as made by `evaluation_sets` ({'test'} or {'query', 'gallery'})."""
+    if "query" in sets:
+        q, g = sets["query"], sets["gallery"]
+        return Embeddings(embed(model, q, batch_size, device), q.labels, embed(model, g, batch_size, device), g.labels)
+    return Embeddings(embed(model, sets["test"], batch_size, device), sets["test"].labels)
+
+
 def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int], batch_size: int,
                       device: torch.device, full: bool = False) -> dict[str, float]:
     """Recall@K (and with `full`, MAP@R and NMI) of a model on prepared evaluation sets."""
-    return retrieval_metrics_and_embeddings(model, sets, ks, batch_size, device, full)[0]
-
-
-def retrieval_metrics_and_embeddings(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int],
-                                     batch_size: int, device: torch.device,
-                                     full: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """As retrieval_metrics, also returning the query (or test) embeddings and labels."""
-    from mdr import metrics
-
-    if "query" in sets:
-        q, g = sets["query"], sets["gallery"]
-        kwargs: dict[str, Any] = {"gallery": embed(model, g, batch_size, device), "gallery_labels": g.labels}
-        emb, labels = embed(model, q, batch_size, device), q.labels
-    else:
-        kwargs, emb, labels = {}, embed(model, sets["test"], batch_size, device), sets["test"].labels
-    candidates = len(kwargs["gallery"]) if kwargs else len(emb) - 1
-    ks = [k for k in ks if k <= candidates]
-    if full:
-        return metrics.evaluate_retrieval(emb, labels, ks, **kwargs), emb, labels
-    return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(emb, labels, ks, **kwargs).items()}, emb, labels
+    return embed_sets(model, sets, batch_size, device).metrics(ks, full)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -250,8 +227,10 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
         for epoch in range(start_epoch, epochs):
             record = _train_epoch(config, parts, train_set, epoch, device, progress)
             evaluate_now = (epoch + 1) % config.eval.every == 0 or epoch + 1 == epochs
+            embeddings = None
             if evaluate_now:
-                record.update(retrieval_metrics(model, eval_sets, config.eval.ks, config.eval.batch_size, device))
+                embeddings = embed_sets(model, eval_sets, config.eval.batch_size, device)
+                record.update(embeddings.metrics(config.eval.ks))
                 if train_eval_set is not None:
                     train_metrics = retrieval_metrics(model, train_eval_set, config.eval.ks, config.eval.batch_size, device)
                     record.update({f"train_{k}": v for k, v in train_metrics.items()})
@@ -264,6 +243,11 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
                 "rng": _rng_state(), "history": history,
             }
+            # Embeddings first: after an interruption between these writes, the epoch reruns identically.
+            if embeddings is not None and is_best:
+                embeddings.save(run_dir / BEST_EMBEDDINGS, epoch=epoch + 1, fingerprint=config.fingerprint())
+            if embeddings is not None and epoch + 1 == epochs:
+                embeddings.save(run_dir / FINAL_EMBEDDINGS, epoch=epoch + 1, fingerprint=config.fingerprint())
             if is_best:
                 atomic_torch_save({k: state[k] for k in ("epoch", "fingerprint", "config", "model", "loss", "regularizer")},
                                   run_dir / "best.pt")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _tmp_path(path: Path) -> Path:
+def tmp_path(path: Path) -> Path:
+    """A fresh temporary file beside `path` (same filesystem, so the final rename is atomic)."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
@@ -17,7 +18,7 @@ def _tmp_path(path: Path) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -30,7 +31,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

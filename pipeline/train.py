@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     if spec is None:
         raise_unknown_run(args.run, grid)
     callbacks = []
-    if not args.no_tracking:
+    if not args.no_tracking and grid.profile.tracking == "live":
         from mdr.tracking import MLflowLogger
 
         callbacks.append(MLflowLogger(args.profile, spec.run_id, {**spec.tags, "tables": ",".join(spec.tables)}))

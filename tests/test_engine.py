@@ -88,3 +88,53 @@ def train_fn(config, tmp_path):
     from mdr.engine import train as run_train
 
     return run_train(config, tmp_path / "val", progress=False, echo=False)
+
+
+def test_evaluation_from_kept_embeddings_equals_embedding_the_test_set_again(tiny_data, tmp_path, monkeypatch):
+    import mdr.engine
+    from mdr.evaluation import evaluate_run
+
+    config = tiny_config(tiny_data, **{"eval.every": 1})
+    result = train(config, tmp_path / "run", progress=False, echo=False)
+    run = tmp_path / "run"
+    assert (run / "best_embeddings.npz").exists() and (run / "final_embeddings.npz").exists()
+    with monkeypatch.context() as m:
+        m.setattr(mdr.engine, "embed_sets", lambda *a: pytest.fail("embedded the test set again"))
+        from_kept = evaluate_run(config, run)
+    # the per-epoch Recall@1 of training is the final metric of the same epoch
+    final = next(r for r in result.history if r["epoch"] == from_kept["final_epoch"])
+    assert from_kept["final"]["recall_at_1"] == pytest.approx(final["recall_at_1"])
+    for name in ("best_embeddings.npz", "final_embeddings.npz"):
+        (run / name).unlink()
+    recomputed = evaluate_run(config, run)
+    for which in ("best", "final"):
+        for key, value in recomputed[which].items():
+            if key != "nmi":  # k-means in NMI may differ in the last digit; Recall and MAP@R must not
+                assert from_kept[which][key] == pytest.approx(value, abs=1e-6), (which, key)
+
+
+def test_embeddings_of_another_epoch_or_config_are_not_used(tmp_path):
+    import numpy as np
+
+    from mdr.retrieval import Embeddings
+
+    emb = Embeddings(np.eye(4, dtype=np.float32), np.array([0, 0, 1, 1]))
+    emb.save(tmp_path / "e.npz", epoch=3, fingerprint="abc")
+    assert Embeddings.load(tmp_path / "e.npz", epoch=3, fingerprint="abc") is not None
+    assert Embeddings.load(tmp_path / "e.npz", epoch=2, fingerprint="abc") is None
+    assert Embeddings.load(tmp_path / "e.npz", epoch=3, fingerprint="abd") is None
+    assert Embeddings.load(tmp_path / "missing.npz", epoch=3, fingerprint="abc") is None
+    (tmp_path / "bad.npz").write_bytes(b"truncated")
+    assert Embeddings.load(tmp_path / "bad.npz", epoch=3, fingerprint="abc") is None
+
+
+def test_channels_last_gives_the_same_embeddings():
+    from mdr.models import build_model
+
+    torch.manual_seed(0)
+    plain = build_model("smallcnn", 8, "none", False).eval()
+    fast = build_model("smallcnn", 8, "none", False, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)

@@ -34,6 +34,21 @@ def test_classes_disjoint_between_splits_and_counts(small):
     assert man["label"].value_counts().eq(M).all()
 
 
+def test_closed_set_variant_puts_every_class_in_both_splits(small, tmp_path):
+    closed = G.generate_glyphs(tmp_path / "glyphs-closed-36px", image_size=S, images_per_class=M,
+                               num_classes=C, closed_set_train=3, name="glyphs-closed", progress=False)
+    train, test = closed.split("train"), closed.split("test")
+    assert set(train["label"]) == set(test["label"]) == set(range(C))
+    assert len(train) == 3 * C and len(test) == (M - 3) * C
+    assert closed.meta["name"] == "glyphs-closed" and closed.meta["params"]["closed_set_train"] == 3
+    # the same renderer: image i of a class is the zero-shot dataset's image i of that class
+    np.testing.assert_array_equal(closed.images()[: M], small.images()[: M])
+    assert sorted(train[train["label"] == 0]["path"])[-1].endswith("0002.png")
+    with pytest.raises(ValueError, match="closed_set_train"):
+        G.generate_glyphs(tmp_path / "bad", image_size=S, images_per_class=M, num_classes=C, closed_set_train=M,
+                          progress=False)
+
+
 def test_labels_contiguous_and_manifest_columns(small):
     man = small.manifest
     assert sorted(man["label"].unique()) == list(range(C))
@@ -52,7 +67,7 @@ def test_meta(small):
     meta = small.meta
     assert meta["name"] == "glyphs" and meta["generator_version"] == G.GENERATOR_VERSION
     assert meta["params"] == {"image_size": S, "images_per_class": M, "num_classes": C, "seed": 0,
-                              "supersample": G.supersample(S)}
+                              "supersample": G.supersample(S), "closed_set_train": None}
     assert meta["images_sha256"] == hashlib.sha256((small.root / "images.npy").read_bytes()).hexdigest()
     files = [f["file"] for f in meta["fonts"]]
     assert "DejaVuSans.ttf" in files and all(len(f["sha256"]) == 64 for f in meta["fonts"])

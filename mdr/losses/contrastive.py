@@ -17,8 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning.distances import LpDistance
 
 from . import LOSSES
 
@@ -41,6 +39,10 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5):
         super().__init__()
         self.pos_margin, self.neg_margin = pos_margin, neg_margin
+        # imported here: pytorch-metric-learning takes a second to import, and most stages never need it
+        from pytorch_metric_learning import losses as pml_losses
+        from pytorch_metric_learning.distances import LpDistance
+
         self.loss = pml_losses.ContrastiveLoss(
             pos_margin=pos_margin,
             neg_margin=neg_margin,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torchvision
 from pydantic import BaseModel, ConfigDict
 
 from mdr.registry import Registry
@@ -88,7 +87,9 @@ def _load_weights(module: nn.Module, name: str, pretrained: bool, weights: str |
 @BACKBONES.register("resnet18", params=BackboneParams)
 def resnet18(pretrained: bool = False, weights: str | None = None) -> Backbone:
     """ResNet-18 (torchvision), 512-d pooled features."""
-    net = torchvision.models.resnet18(weights=None)
+    from torchvision.models import resnet18 as build
+
+    net = build(weights=None)
     _load_weights(net, "resnet18", pretrained, weights)
     return TorchvisionBackbone(net, 512)
 
@@ -96,7 +97,9 @@ def resnet18(pretrained: bool = False, weights: str | None = None) -> Backbone:
 @BACKBONES.register("resnet50", params=BackboneParams)
 def resnet50(pretrained: bool = False, weights: str | None = None) -> Backbone:
     """ResNet-50 (torchvision), 2048-d pooled features."""
-    net = torchvision.models.resnet50(weights=None)
+    from torchvision.models import resnet50 as build
+
+    net = build(weights=None)
     _load_weights(net, "resnet50", pretrained, weights)
     return TorchvisionBackbone(net, 2048)
 
@@ -104,7 +107,9 @@ def resnet50(pretrained: bool = False, weights: str | None = None) -> Backbone:
 @BACKBONES.register("googlenet", params=BackboneParams)
 def googlenet(pretrained: bool = False, weights: str | None = None) -> Backbone:
     """GoogLeNet / Inception-v1 (torchvision), 1024-d pooled features."""
-    net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=not (pretrained or weights))
+    from torchvision.models import googlenet as build
+
+    net = build(weights=None, aux_logits=False, init_weights=not (pretrained or weights))
     _load_weights(net, "googlenet", pretrained, weights)
     backbone = TorchvisionBackbone(net, 1024)
     # torchvision's ImageNet GoogLeNet expects transform_input=False with ImageNet mean/std.

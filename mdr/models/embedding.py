@@ -24,7 +24,7 @@ NORMALIZATIONS = ("batch_mean_distance", "l2", "none")
 
 class EmbeddingModel(nn.Module):
     def __init__(self, backbone: Backbone, embedding_dim: int, normalization: str = "batch_mean_distance",
-                 freeze_bn: bool = False, head: nn.Module | None = None):
+                 freeze_bn: bool = False, head: nn.Module | None = None, channels_last: bool = False):
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
@@ -32,6 +32,9 @@ class EmbeddingModel(nn.Module):
         self.head = head if head is not None else nn.Linear(backbone.feature_dim, embedding_dim)
         self.normalization = normalization
         self.freeze_bn = freeze_bn
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> "EmbeddingModel":
         super().train(mode)
@@ -44,7 +47,10 @@ class EmbeddingModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features of RGB images in [0, 1]."""
-        return self.backbone(self.backbone.preprocess(images))
+        images = self.backbone.preprocess(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         e = self.head(features)
@@ -60,8 +66,9 @@ class EmbeddingModel(nn.Module):
 
 def build_model(backbone: str, embedding_dim: int, normalization: str, freeze_bn: bool,
                 pretrained: bool = False, weights: str | None = None,
-                head_factory: "Callable[[int, int], nn.Module | None] | None" = None) -> EmbeddingModel:
+                head_factory: "Callable[[int, int], nn.Module | None] | None" = None,
+                channels_last: bool = False) -> EmbeddingModel:
     """`head_factory(feature_dim, embedding_dim)` may supply a head other than the linear one."""
     net = create_backbone(backbone, pretrained, weights)
     head = head_factory(net.feature_dim, embedding_dim) if head_factory else None
-    return EmbeddingModel(net, embedding_dim, normalization, freeze_bn, head)
+    return EmbeddingModel(net, embedding_dim, normalization, freeze_bn, head, channels_last)

@@ -59,6 +59,19 @@ def test_snakemake_builds_table_and_report_then_a_rerun_does_nothing(workdir):
     assert len(runs) == 3 * 2
     metrics = json.loads(runs[0].read_text())
     assert 0 <= metrics["best"]["recall_at_1"] <= 1 and "map_at_r" in metrics["best"]
+    # smoke logs each run to MLflow from its folder at evaluation (tracking: at_evaluation): every run
+    # is there once, finished, with its params, per-epoch history, final metrics and tags
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("mdr-smoke")
+    logged = [r for r in client.search_runs([exp.experiment_id]) if "run_id" in r.data.tags]
+    assert sorted(r.data.tags["run_id"] for r in logged) == sorted(p.parent.name for p in runs)
+    one = next(r for r in logged if r.data.tags["run_id"] == runs[0].parent.name)
+    assert one.info.status == "FINISHED" and one.data.params["train.epochs"] == "2"
+    assert one.data.metrics["best_recall_at_1"] == pytest.approx(metrics["best"]["recall_at_1"])
+    assert [m.step for m in client.get_metric_history(one.info.run_id, "loss")] == [1, 2]
+    assert "table1" in one.data.tags["tables"] and one.data.tags["regularizer"]
     before = {p: p.stat().st_mtime_ns for p in results.iterdir()}
     second = run(SNAKEMAKE + ["--cores", "2", "-d", str(workdir)], workdir)
     assert second.returncode == 0

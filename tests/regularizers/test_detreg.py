@@ -77,9 +77,11 @@ def test_interpolated_points_lie_between_same_class_pairs():
         assert torch.allclose(eps, eps[0].expand_as(eps), atol=1e-5) and 0 <= eps[0] <= 1
 
 
-def test_loss_is_weighted_log_dets_of_both_branches_and_synthetic_points():
+@pytest.mark.parametrize("per_dimension", [True, False])
+def test_loss_is_weighted_log_dets_of_both_branches_and_synthetic_points(per_dimension):
     torch.manual_seed(0)
-    reg = DetRegRegularizer(weight=0.3, dual_weight=0.2, interpolation=0.5, coupling_layers=3, hidden=16)
+    reg = DetRegRegularizer(weight=0.3, dual_weight=0.2, interpolation=0.5, coupling_layers=3, hidden=16,
+                            per_dimension=per_dimension)
     model = build_model("smallcnn", 6, reg.normalization, False, head_factory=reg.build_head).train()
     _randomised(model.head.flow, 0.1, seed=1)
     _randomised(model.head.dual_flow, 0.1, seed=2)
@@ -92,6 +94,8 @@ def test_loss_is_weighted_log_dets_of_both_branches_and_synthetic_points():
     torch.manual_seed(5)
     synthetic = DetRegRegularizer.interpolate(h, labels)
     want = 0.3 * ld1.mean() + 0.3 * 0.5 * head.flow(synthetic)[1].mean() - 0.2 * ld2.mean()
+    if per_dimension:
+        want = want / 6  # the embedding size
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert set(reg.terms()) == {"log_det", "log_det_interpolated", "dual_log_det"}
     assert head.last_log_det is None  # the graph references are dropped after use
@@ -100,9 +104,9 @@ def test_loss_is_weighted_log_dets_of_both_branches_and_synthetic_points():
     assert model.backbone.features[0].weight.grad.abs().sum() > 0
 
 
-def test_default_normalization_is_none_and_eval_keeps_nothing():
+def test_defaults_and_eval_keeps_nothing():
     reg = REGULARIZERS.create("detreg", {}, num_classes=4, embedding_dim=8)
-    assert reg.normalization == "none"
+    assert reg.normalization == "batch_mean_distance" and reg.per_dimension and reg.weight == 0.005
     model = build_model("smallcnn", 8, reg.normalization, False, head_factory=reg.build_head)
     assert isinstance(model.head, DuelingFlowHead) and model.head.dual_flow is not None
     assert reg.param_groups(1e-3, 0.0) == []  # the flow is part of the model, optimised with it
@@ -122,7 +126,8 @@ def test_regularizer_alone_changes_the_geometry_not_only_the_scale():
     branch 1's log-det goes down, branch 2's up, the volume change differs between samples, and
     the scale-free distance structure of the embeddings changes (not just a global shrink)."""
     torch.manual_seed(0)
-    reg = DetRegRegularizer(weight=1.0, dual_weight=1.0, interpolation=0.5, coupling_layers=4, hidden=32)
+    reg = DetRegRegularizer(weight=1.0, dual_weight=1.0, interpolation=0.5, coupling_layers=4, hidden=32,
+                            per_dimension=False)
     head = reg.build_head(16, 8).train()
     head.proj.requires_grad_(False)
     model = torch.nn.Module()
@@ -158,7 +163,7 @@ def test_regularizer_alone_changes_the_geometry_not_only_the_scale():
 def test_trains_and_resumes_exactly(tiny_data, tmp_path):
     config = tiny_config(tiny_data, **{"regularizer": {"name": "detreg", "params": {"hidden": 32}},
                                        "train.epochs": 2, "optim.lr_milestones": [1]})
-    assert config.normalization == "none"
+    assert config.normalization == "batch_mean_distance"
     straight = train(config, tmp_path / "a", progress=False, echo=False)
     assert "reg_log_det" in straight.history[0] and "reg_dual_log_det" in straight.history[0]
     with pytest.raises(KeyboardInterrupt):

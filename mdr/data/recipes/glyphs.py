@@ -379,7 +379,10 @@ def _versions() -> dict[str, str]:
     }
 
 
-def expected_counts(num_classes: int = DEFAULT_NUM_CLASSES, images_per_class: int = DEFAULT_IMAGES_PER_CLASS) -> dict[str, int]:
+def expected_counts(num_classes: int = DEFAULT_NUM_CLASSES, images_per_class: int = DEFAULT_IMAGES_PER_CLASS,
+                    closed_set_train: int | None = None) -> dict[str, int]:
+    if closed_set_train is not None:
+        return {"train": num_classes * closed_set_train, "test": num_classes * (images_per_class - closed_set_train)}
     n_train = num_classes // 2
     return {"train": n_train * images_per_class, "test": (num_classes - n_train) * images_per_class}
 
@@ -391,11 +394,15 @@ def generate_glyphs(
     num_classes: int = DEFAULT_NUM_CLASSES,
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    closed_set_train: int | None = None,
+    name: str = "glyphs",
 ) -> PreparedDataset:
     """Render the glyphs dataset into `out_dir` in the prepared format (see mdr/data/prepared.py).
 
     The classes are the first `num_classes` of glyph_classes(); the first num_classes // 2 of them are
-    the train split, the rest the test split. Image i of class ch is render_glyph(ch, i, image_size, seed).
+    the train split, the rest the test split (zero-shot, as CUB-200). With `closed_set_train` = n, every
+    class is in both splits instead: its images 0..n-1 are train, the rest test (closed-set, as CIFAR-10).
+    Image i of class ch is render_glyph(ch, i, image_size, seed).
     """
     from tqdm import tqdm
 
@@ -406,6 +413,8 @@ def generate_glyphs(
         raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
+    if closed_set_train is not None and not 1 <= closed_set_train < images_per_class:
+        raise ValueError(f"closed_set_train must be between 1 and images_per_class - 1, got {closed_set_train}")
     classes = all_classes[:num_classes]
     check_coverage(classes)
     n_train = num_classes // 2
@@ -418,9 +427,12 @@ def generate_glyphs(
         tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, image_size, image_size, 3)
     )
     rows = []
-    for label, ch in enumerate(tqdm(classes, desc=f"glyphs {image_size}px", unit="class", disable=not progress)):
-        split = "train" if label < n_train else "test"
+    for label, ch in enumerate(tqdm(classes, desc=f"{name} {image_size}px", unit="class", disable=not progress)):
         for i in range(images_per_class):
+            if closed_set_train is None:
+                split = "train" if label < n_train else "test"
+            else:
+                split = "train" if i < closed_set_train else "test"
             images[label * images_per_class + i] = render_glyph(ch, i, image_size, seed)
             rows.append((f"glyph/U+{ord(ch):04X}/{i:04d}.png", label, ord(ch), unicodedata.name(ch), split))
     images.flush()
@@ -428,7 +440,7 @@ def generate_glyphs(
 
     used = [f for f in FONTS if any(glyph_code(f, ch) is not None for ch in classes)]
     meta = {
-        "name": "glyphs",
+        "name": name,
         "title": RECIPE_TITLE,
         "source": "embedded: rendered from the fonts in matplotlib's mpl-data/fonts/ttf",
         "generator": "mdr.data.recipes.glyphs",
@@ -439,14 +451,18 @@ def generate_glyphs(
             "num_classes": num_classes,
             "seed": seed,
             "supersample": supersample(image_size),
+            "closed_set_train": closed_set_train,
         },
-        "split_rule": "first num_classes // 2 classes of glyph_classes() are train, the rest test",
+        "split_rule": ("first num_classes // 2 classes of glyph_classes() are train, the rest test"
+                       if closed_set_train is None else
+                       "closed set: images 0..closed_set_train-1 of every class are train, the rest test"),
         "class_chars": "".join(classes),
         "fonts": [{"file": f.file, "family": f.family, "sha256": _font_sha256(f.file)} for f in used],
         "versions": _versions(),
         "images_sha256": _sha256_file(tmp / "images.npy"),
     }
-    prepared = write_prepared(out_dir, manifest, images, meta, expected_counts=expected_counts(num_classes, images_per_class))
+    counts = expected_counts(num_classes, images_per_class, closed_set_train)
+    prepared = write_prepared(out_dir, manifest, images, meta, expected_counts=counts)
     del images
     return prepared
 
