@@ -47,11 +47,15 @@ wildcard_constraints:
     dataset="[^/]+",
 
 
+TRACK_AT_END = GRID.profile.tracking == "at_end"
+
+
 rule all:
     input:
         str(layout.report_file(PROFILE)),
         RESULT_FILES,
         f"results/{PROFILE}/metrics.json",
+        [str(layout.tracked_marker(PROFILE))] if TRACK_AT_END else [],
 
 
 rule prepare:
@@ -146,6 +150,19 @@ rule dvc_metrics:
         f"results/{PROFILE}/metrics.json",
     shell:
         "{PY} -m pipeline dvc-metrics --profile {PROFILE} " + " ".join(TABLES)
+
+
+rule track:
+    # profiles with `tracking: at_end`: every run and the tables into MLflow in one process (idempotent)
+    input:
+        [str(layout.metrics_file(PROFILE, rid)) for rid in GRID.runs],
+        str(layout.report_file(PROFILE)),
+        f"results/{PROFILE}/metrics.json",
+        tracking=str(layout.tracking_ready(PROFILE)),
+    output:
+        str(layout.tracked_marker(PROFILE)),
+    shell:
+        "{PY} -m pipeline track-rebuild --profile {PROFILE} --marker {output}"
 
 
 # ---- tuning (Optuna): outside the default target; `snakemake --cores 2 tune_all` ----

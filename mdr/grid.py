@@ -66,10 +66,10 @@ class Profile(Strict):
     overrides: list[Override] = Field(default_factory=list)
     tables: list[str] | None = Field(None, description="tables to build; default: every file in params/tables")
     resources: dict[str, Any] = Field(default_factory=dict, description="Snakemake resources of train jobs")
-    tracking: Literal["live", "at_evaluation"] = Field(
-        "live", description="live: the train stage logs each epoch to MLflow as it goes; at_evaluation: the "
-        "evaluate stage logs the whole run from its folder in one go (saves the train stage ~2 s of MLflow "
-        "start-up, which matters for runs of seconds)")
+    tracking: Literal["live", "at_end"] = Field(
+        "live", description="live: train and evaluate log each run to MLflow as it goes; at_end: one `track` "
+        "stage after the report logs every run from its folder (track-rebuild), which saves each job the "
+        "~2 s of MLflow start-up that matters when runs last seconds")
     # --- tuning (mdr/tuning.py) ---
     use_tuned: bool = Field(False, description="apply params/tuned/<profile>/<dataset>.yaml to the runs of its regularizer")
 

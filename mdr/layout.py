@@ -39,3 +39,8 @@ def report_file(profile: str) -> Path:
 
 def tracking_ready(profile: str) -> Path:
     return RUNS / profile / ".tracking-ready"
+
+
+def tracked_marker(profile: str) -> Path:
+    """Written by the `track` stage of profiles that log to MLflow at the end (tracking: at_end)."""
+    return RUNS / profile / ".tracked.json"

@@ -289,20 +289,6 @@ def _rebuild_aggregate(client, exp_id: str, profile: str, results: Path) -> str:
     return outcome
 
 
-def log_run_folder(profile: str, folder: Path, tags: dict[str, str]) -> None:
-    """Log one finished run from its folder (params, per-epoch history, final metrics, files): the
-    evaluate stage's way when the profile says `tracking: at_evaluation`. Never fails the stage."""
-    try:
-        from mlflow import MlflowClient
-
-        exp_id = init_store(profile)
-        client = MlflowClient(tracking_uri())
-        found = client.search_runs([exp_id], filter_string=f"tags.run_id = '{folder.name}'", max_results=1)
-        _rebuild_run(client, exp_id, profile, folder, found[0] if found else None, tags)
-    except Exception as e:
-        warnings.warn(f"MLflow logging of run {folder.name} failed: {type(e).__name__}: {e}", stacklevel=2)
-
-
 def rebuild_store(profile: str, runs_root: str | Path = "runs", results_root: str | Path = "results") -> dict[str, Any]:
     """Recreate the profile's MLflow runs from runs/<profile>/*/ and its aggregate run from results/<profile>/.
 

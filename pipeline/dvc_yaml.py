@@ -169,6 +169,14 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         "deps": csvs + [runs_csv],
         "metrics": [_out(summary_metrics_file(p).as_posix())],
     }
+    if grid.profile.tracking == "at_end":  # every run and the tables into MLflow, in one process
+        tracked = layout.tracked_marker(p).as_posix()
+        stages["track"] = {
+            "cmd": f"python -m pipeline track-rebuild --profile {p} --marker {tracked}",
+            "deps": [tracking, layout.report_file(p).as_posix(), summary_metrics_file(p).as_posix()]
+                    + [layout.metrics_file(p, rid).as_posix() for rid in grid.runs],
+            "outs": [_out(tracked, cache=False)],
+        }
 
     # Per-epoch curves straight from each run's history.json, one curve per run. DVC needs the plotted
     # field in every record: loss always is; recall_at_1 only when the runs evaluate every epoch.

@@ -32,10 +32,7 @@ def main(argv: list[str]) -> int:
 
         log_evaluation(args.profile, spec.run_id, metrics,
                        [target, run_dir / "config.yaml", run_dir / "history.json", run_dir / "best.pt"])
-    elif not args.no_tracking:
-        from mdr.tracking import log_run_folder
 
-        log_run_folder(args.profile, run_dir, {**spec.tags, "tables": ",".join(spec.tables)})
     best = metrics["best"]
     print(f"{spec.run_id}: best epoch {metrics['best_epoch']}, R@1 {100 * best['recall_at_1']:.2f}, "
           f"MAP@R {100 * best['map_at_r']:.2f}")

@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
 
     grid = load_grid(args.profile)
     path = write_report(grid)
-    if not args.no_tracking:
+    if not args.no_tracking and grid.profile.tracking == "live":  # at_end: the track stage logs them
         from mdr.tracking import log_tables
 
         files = [path, layout.results_dir(args.profile) / "runs.csv"]

@@ -197,6 +197,18 @@ def test_nmi_matches_sklearn_and_is_high_on_separated_clusters():
     assert nmi(x, y) == pytest.approx(normalized_mutual_info_score(y, assign))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_normalized_mutual_information_equals_sklearn(seed):
+    from mdr.metrics import normalized_mutual_information
+
+    rng = np.random.default_rng(seed)
+    n, ka, kb = [(50, 5, 5), (200, 20, 7), (30, 1, 4), (40, 3, 1), (25, 1, 1), (300, 50, 50)][seed]
+    a = rng.integers(0, ka, n) * 7 + 3  # arbitrary label values, not 0..k-1
+    b = rng.integers(0, kb, n)
+    assert normalized_mutual_information(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-12)
+    assert normalized_mutual_information(a, a) == pytest.approx(normalized_mutual_info_score(a, a), abs=1e-12)
+
+
 # --------------------------------------------------------------------------- blocking, threads
 @pytest.mark.parametrize("loo", [True, False])
 def test_block_size_does_not_change_results(data, loo):

@@ -125,7 +125,7 @@ def test_dvc_repro_runs_the_profile_and_a_second_repro_does_nothing(repo):
     first = built(repo)
     assert ran(first) == {
         "grid", "prepare@glyphs-36px", "tracking_init", *(f"{s}@{r}" for s in ("train", "evaluate") for r in ids.values()),
-        "aggregate-pair", "aggregate-baselines", "report", "metrics"}
+        "aggregate-pair", "aggregate-baselines", "report", "metrics", "track"}
     results = repo / "results" / "smoke"
     assert "Triplet+MDR" in (results / "pair.md").read_text() and (results / "REPORT.md").exists()
     for rid in ids.values():
@@ -173,7 +173,8 @@ def test_changing_mdr_lambda_reruns_only_the_mdr_run_and_its_tables(repo):
     start = time.perf_counter()
     result = dvc(repo, "repro")
     print(f"dvc repro after changing MDR's lambda: {time.perf_counter() - start:.1f}s")
-    assert ran(result) == {"grid", f"train@{new['mdr']}", f"evaluate@{new['mdr']}", "aggregate-pair", "report", "metrics"}
+    assert ran(result) == {"grid", f"train@{new['mdr']}", f"evaluate@{new['mdr']}", "aggregate-pair", "report", "metrics",
+                           "track"}
     for stage in (f"train@{old['none']}", "aggregate-baselines", "prepare@glyphs-36px", "tracking_init"):
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
     assert (repo / "runs" / "smoke" / old["mdr"] / "best.pt").exists()  # the old run is kept, not deleted
@@ -190,7 +191,8 @@ def test_dvc_exp_run_with_a_changed_parameter(repo):
     commit(repo, "before the experiment")
     result = dvc(repo, "exp", "run", "-S", "params/tables/baselines.yaml:report_epoch=final")
     # the table's own file is a param of its aggregate stage: only it and what reads it rerun
-    assert {"grid", "aggregate-baselines", "report"} <= ran(result) <= {"grid", "aggregate-baselines", "report", "metrics"}
+    assert {"grid", "aggregate-baselines", "report"} <= ran(result) <= {"grid", "aggregate-baselines", "report", "metrics",
+                                                                        "track"}
     assert "final epoch" in (repo / "results" / "smoke" / "baselines.md").read_text()
     assert yaml.safe_load((repo / "params" / "tables" / "baselines.yaml").read_text())["report_epoch"] == "final"
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)

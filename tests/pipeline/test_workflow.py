@@ -59,7 +59,7 @@ def test_snakemake_builds_table_and_report_then_a_rerun_does_nothing(workdir):
     assert len(runs) == 3 * 2
     metrics = json.loads(runs[0].read_text())
     assert 0 <= metrics["best"]["recall_at_1"] <= 1 and "map_at_r" in metrics["best"]
-    # smoke logs each run to MLflow from its folder at evaluation (tracking: at_evaluation): every run
+    # smoke logs every run to MLflow at the end, from its folder (tracking: at_end): every run
     # is there once, finished, with its params, per-epoch history, final metrics and tags
     from mlflow import MlflowClient
 
@@ -72,6 +72,8 @@ def test_snakemake_builds_table_and_report_then_a_rerun_does_nothing(workdir):
     assert one.data.metrics["best_recall_at_1"] == pytest.approx(metrics["best"]["recall_at_1"])
     assert [m.step for m in client.get_metric_history(one.info.run_id, "loss")] == [1, 2]
     assert "table1" in one.data.tags["tables"] and one.data.tags["regularizer"]
+    tracked = json.loads((workdir / "runs" / "smoke" / ".tracked.json").read_text())
+    assert tracked["created"] == len(runs) and tracked["aggregate"] == "created"
     before = {p: p.stat().st_mtime_ns for p in results.iterdir()}
     second = run(SNAKEMAKE + ["--cores", "2", "-d", str(workdir)], workdir)
     assert second.returncode == 0
