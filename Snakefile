@@ -167,14 +167,18 @@ rule track:
 
 # ---- tuning (Optuna): outside the default target; `snakemake --cores 2 tune_all` ----
 from mdr.grid import PARAMS_DIR, tuned_file
-from mdr.tuning import load_tuning, method_config
+from mdr.tuning import load_tuning, method_config, method_for
 
 TUNING = load_tuning()
 TUNE_SETTINGS = TUNING.profiles.get(PROFILE)
 
 
+TUNED_REGULARIZER = method_config(PROFILE, TUNE_SETTINGS.tune[0], TUNING.method, 0)[1]["regularizer"] if (
+    TUNE_SETTINGS and TUNE_SETTINGS.tune) else "mdr"
+
+
 def tune_prepared_marker(wildcards):
-    c = method_config(PROFILE, wildcards.dataset, TUNING.method, 0)[0].data
+    c = method_config(PROFILE, wildcards.dataset, method_for(wildcards.regularizer), 0)[0].data
     return str(prepared_dir(c.root, c.dataset, c.image_size) / "READY")
 
 
@@ -182,12 +186,17 @@ rule tune:
     input:
         data=tune_prepared_marker,
         tracking=str(layout.tracking_ready(PROFILE)),
+    # params/tuned/<profile>/<dataset>-<regularizer>.yaml; the method is the tuning method's loss with that
+    # regularizer (mdr -> Triplet+MDR, lsd -> Triplet+LSD, ...)
     output:
-        str(tuned_file(PARAMS_DIR, PROFILE, "{dataset}")),
+        str(tuned_file(PARAMS_DIR, PROFILE, "{dataset}", "{regularizer}")),
+    wildcard_constraints:
+        dataset="[^/-]+",
     params:
+        method=lambda w: method_for(w.regularizer),
         settings=lambda w: json.dumps(
             {
-                "method": TUNING.method,
+                "method": method_for(w.regularizer),
                 "spaces": {k: {n: d.model_dump() for n, d in v.items()} for k, v in TUNING.search_spaces.items()},
                 "profile": TUNE_SETTINGS.model_dump() if TUNE_SETTINGS else None,
             },
@@ -198,9 +207,9 @@ rule tune:
         mem_mb=RES.get("mem_mb", 4000),
         gpu=RES.get("gpu", 0),
     shell:
-        "{PY} -m pipeline tune --profile {PROFILE} --dataset {wildcards.dataset} --no-bars"
+        "{PY} -m pipeline tune --profile {PROFILE} --dataset {wildcards.dataset} --method {params.method} --no-bars"
 
 
 rule tune_all:
     input:
-        [str(tuned_file(PARAMS_DIR, PROFILE, d)) for d in (TUNE_SETTINGS.tune if TUNE_SETTINGS else [])],
+        [str(tuned_file(PARAMS_DIR, PROFILE, d, TUNED_REGULARIZER)) for d in (TUNE_SETTINGS.tune if TUNE_SETTINGS else [])],

@@ -71,7 +71,7 @@ class Profile(Strict):
         "stage after the report logs every run from its folder (track-rebuild), which saves each job the "
         "~2 s of MLflow start-up that matters when runs last seconds")
     # --- tuning (mdr/tuning.py) ---
-    use_tuned: bool = Field(False, description="apply params/tuned/<profile>/<dataset>.yaml to the runs of its regularizer")
+    use_tuned: bool = Field(False, description="apply params/tuned/<profile>/<dataset>-<regularizer>.yaml to the runs of that regularizer")
 
 
 class Method(Strict):
@@ -302,14 +302,14 @@ def _validated(config: dict[str, Any], source: str) -> RunConfig:
 
 
 # --- tuning ---
-def tuned_file(params_dir: Path, profile: str, dataset: str) -> Path:
-    """Where `python -m pipeline tune` writes a profile's tuned settings for a logical dataset."""
-    return params_dir / "tuned" / profile / f"{dataset}.yaml"
+def tuned_file(params_dir: Path, profile: str, dataset: str, regularizer: str) -> Path:
+    """Where `python -m pipeline tune` writes a profile's tuned settings of a regularizer for a logical dataset."""
+    return params_dir / "tuned" / profile / f"{dataset}-{regularizer}.yaml"
 
 
 def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: str) -> dict[str, Any]:
     """The tuned `regularizer.params.*` settings for this dataset and regularizer; {} if none were tuned."""
-    path = tuned_file(params_dir, profile, dataset)
+    path = tuned_file(params_dir, profile, dataset, regularizer)
     if not path.exists():
         return {}
     data = _read_yaml(path) or {}

@@ -5,7 +5,7 @@ logical dataset on the training classes less `validation_classes` held-out ones,
 on those held-out classes after every epoch; the test classes are never seen. TPE samples, the
 median pruner stops weak trials early. The study's value is a trial's best validation Recall@1 over
 its epochs (the grid also reports the best epoch). The best configuration is written to
-params/tuned/<profile>/<dataset>.yaml, which the grid applies when `use_tuned` is on, and can be
+params/tuned/<profile>/<dataset>-<regularizer>.yaml, which the grid applies when `use_tuned` is on, and can be
 retrained on all training classes and tested once (`retrain_best`).
 
 Storage: a journal file (optuna/<profile>/<dataset>.journal) by default: append-only, survives an
@@ -121,6 +121,19 @@ def load_tuning(params_dir: Path = PARAMS_DIR) -> TuningSpec:
         raise ConfigError(f"{path}: {_short_errors(e)}") from None
 
 
+def method_for(regularizer: str, params_dir: Path = PARAMS_DIR) -> str:
+    """The method that tunes `regularizer`: the one in params/methods.yaml with tuning.yaml's method's loss
+    and this regularizer (mdr -> Triplet+MDR, lsd -> Triplet+LSD, ...)."""
+    spec = load_tuning(params_dir)
+    methods = load_methods(Path(params_dir))
+    loss = methods[spec.method].loss
+    for name, m in methods.items():
+        if m.loss == loss and m.regularizer == regularizer:
+            return name
+    raise ConfigError(f"{Path(params_dir) / 'methods.yaml'}: no method with loss {loss!r} and regularizer "
+                      f"{regularizer!r} to tune (tunable regularizers: {', '.join(spec.search_spaces)})")
+
+
 # ---- search space -> regularizer params -----------------------------------------------------------
 
 def symmetric_levels(num_levels: int, spacing: float) -> list[float]:
@@ -172,6 +185,7 @@ class TuningContext:
     base: RunConfig  # the method's config for the dataset, seed 0, untuned
     storage: str  # a journal file path or a storage URL
     study_name: str
+    method: str  # the tuned method (params/methods.yaml); its regularizer's search space is searched
 
     @property
     def space(self) -> dict[str, Distribution]:
@@ -183,7 +197,12 @@ class TuningContext:
 
     @property
     def trial_root(self) -> Path:
-        return RUNS / self.profile / "tuning" / self.dataset
+        return RUNS / self.profile / "tuning" / self.stem
+
+    @property
+    def stem(self) -> str:
+        """<dataset>-<regularizer>: names this study's trial folders, tuned file, summary and plots."""
+        return f"{self.dataset}-{self.regularizer}"
 
     def trial_dir(self, number: int) -> Path:
         return self.trial_root / f"trial-{number}"
@@ -198,7 +217,7 @@ class TuningContext:
 
     def study_attrs(self) -> dict[str, Any]:
         """What makes trials comparable; a study created with other values is refused on resume."""
-        return {"profile": self.profile, "dataset": self.dataset, "method": self.spec.method,
+        return {"profile": self.profile, "dataset": self.dataset, "method": self.method,
                 "validation_classes": self.validation_classes,
                 "search_space": {k: v.model_dump() for k, v in self.space.items()},
                 "trial_settings": self.settings.set, "base_fingerprint": self.base.fingerprint()}
@@ -220,7 +239,8 @@ def default_storage(profile: str, dataset: str) -> str:
 
 
 def make_context(profile: str, dataset: str, params_dir: Path = PARAMS_DIR, storage: str | None = None,
-                 study_name: str | None = None) -> TuningContext:
+                 study_name: str | None = None, method: str | None = None) -> TuningContext:
+    """`method`: what to tune (default: params/tuning.yaml's `method`)."""
     params_dir = Path(params_dir)
     spec = load_tuning(params_dir)
     if profile not in spec.profiles:
@@ -231,14 +251,15 @@ def make_context(profile: str, dataset: str, params_dir: Path = PARAMS_DIR, stor
         raise ConfigError(f"{params_dir / TUNING_FILE}: profile {profile} has no tuning settings for dataset "
                           f"{dataset!r}; add `{dataset}: {{validation_classes: N}}` under profiles.{profile}.datasets "
                           f"(tunable: {', '.join(settings.datasets)})")
-    base, facts = method_config(profile, dataset, spec.method, 0, params_dir)
+    method = method or spec.method
+    base, facts = method_config(profile, dataset, method, 0, params_dir)
     regularizer = facts["regularizer"]
     if regularizer not in spec.search_spaces:
-        raise ConfigError(f"{params_dir / TUNING_FILE}: method {spec.method} uses regularizer {regularizer!r}, "
+        raise ConfigError(f"{params_dir / TUNING_FILE}: method {method} uses regularizer {regularizer!r}, "
                           f"which has no search space (search_spaces: {', '.join(spec.search_spaces)})")
     return TuningContext(profile, dataset, params_dir, spec, settings, regularizer, base,
                          storage or default_storage(profile, dataset),
-                         study_name or f"{profile}-{dataset}-{regularizer}")
+                         study_name or f"{profile}-{dataset}-{regularizer}", method)
 
 
 def trial_config(ctx: TuningContext, reg_params: dict[str, Any], seed: int = 0) -> RunConfig:
@@ -482,7 +503,7 @@ class TrialTracker:
             self.client = MlflowClient(tracking_uri=tracking_uri())
             exp_id = init_store(self.ctx.experiment)
             tags = {"study": self.ctx.study_name, "trial": str(self.number), "profile": self.ctx.profile,
-                    "dataset": self.ctx.dataset, "method": self.ctx.spec.method, "kind": "tuning-trial",
+                    "dataset": self.ctx.dataset, "method": self.ctx.method, "kind": "tuning-trial",
                     "fingerprint": config.fingerprint(), "optuna_state": "RUNNING"}
             run = self.client.create_run(exp_id, run_name=f"{self.ctx.study_name}-trial-{self.number}", tags=tags)
             self.run_id = run.info.run_id
@@ -707,12 +728,13 @@ def _finished_numbers(study: Any) -> set[int]:
 
 
 def _worker_main(profile: str, dataset: str, params_dir: str, storage: str, study_name: str, n_total: int,
-                 share: int, train_fn: TrainFn | None, tracking: bool, echo_epochs: bool, worker: int) -> None:
+                 share: int, train_fn: TrainFn | None, tracking: bool, echo_epochs: bool, worker: int,
+                 method: str) -> None:
     """Entry point of a spawned local worker process."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    ctx = make_context(profile, dataset, Path(params_dir), storage, study_name)
+    ctx = make_context(profile, dataset, Path(params_dir), storage, study_name, method)
     try:
         run_trials(ctx, n_total, share, train_fn, tracking, lambda s: print(s, flush=True), echo_epochs, worker=worker)
     except KeyboardInterrupt:
@@ -731,10 +753,11 @@ class TuneResult:
 def tune(profile: str, dataset: str, *, n_trials: int | None = None, storage: str | None = None, workers: int = 1,
          params_dir: Path = PARAMS_DIR, study_name: str | None = None, train_fn: TrainFn | None = None,
          tracking: bool = True, echo: Callable[[str], None] | None = print, echo_epochs: bool = False,
-         write: bool = True) -> TuneResult:
-    """Run (or resume) the study of `profile`/`dataset` until it has `n_trials` finished trials, with
-    `workers` local processes, then write the tuned params, plots and summary."""
-    ctx = make_context(profile, dataset, params_dir, storage, study_name)
+         write: bool = True, method: str | None = None) -> TuneResult:
+    """Run (or resume) the study of `profile`/`dataset` (and `method`, default params/tuning.yaml's) until
+    it has `n_trials` finished trials, with `workers` local processes, then write the tuned params, plots
+    and summary."""
+    ctx = make_context(profile, dataset, params_dir, storage, study_name, method)
     n_total = n_trials or ctx.settings.n_trials
     say = echo or (lambda s: None)
     study = open_study(ctx, create=True)
@@ -808,7 +831,7 @@ def _run_workers(ctx: TuningContext, n_total: int, remaining: int, workers: int,
             continue
         p = spawn.Process(target=_worker_main, args=(ctx.profile, ctx.dataset, str(ctx.params_dir), ctx.storage,
                                                      ctx.study_name, n_total, share, train_fn, tracking, echo_epochs,
-                                                     index + 1))
+                                                     index + 1, ctx.method))
         p.start()
         procs.append(p)
     say(f"[{ctx.study_name}] {len(procs)} worker processes on the study (pids {[p.pid for p in procs]})")
@@ -825,7 +848,7 @@ def _run_workers(ctx: TuningContext, n_total: int, remaining: int, workers: int,
 # ---- outputs --------------------------------------------------------------------------------------
 
 def tuned_document(ctx: TuningContext, study: Any) -> dict[str, Any] | None:
-    """params/tuned/<profile>/<dataset>.yaml's content: the best trial's params; None without one."""
+    """params/tuned/<profile>/<dataset>-<regularizer>.yaml's content: the best trial's params; None without one."""
     try:
         best = study.best_trial
     except ValueError:
@@ -838,7 +861,7 @@ def tuned_document(ctx: TuningContext, study: Any) -> dict[str, Any] | None:
         "profile": ctx.profile,
         "dataset": ctx.dataset,
         "trained_on": ctx.base.data.dataset,
-        "method": ctx.spec.method,
+        "method": ctx.method,
         "regularizer": {"name": ctx.regularizer, "params": params},
         "search": dict(best.params),
         "study": {
@@ -860,16 +883,16 @@ def write_outputs(ctx: TuningContext, study: Any) -> dict[str, Path]:
     out: dict[str, Path] = {}
     doc = tuned_document(ctx, study)
     if doc is not None:
-        path = tuned_file(ctx.params_dir, ctx.profile, ctx.dataset)
+        path = tuned_file(ctx.params_dir, ctx.profile, ctx.dataset, ctx.regularizer)
         header = (f"# Tuned {ctx.regularizer} settings for {ctx.dataset} in profile {ctx.profile}, written by\n"
-                  f"# `python -m pipeline tune --profile {ctx.profile} --dataset {ctx.dataset}` (study {ctx.study_name}).\n"
+                  f"# `python -m pipeline tune --profile {ctx.profile} --dataset {ctx.dataset} --method {ctx.method}` (study {ctx.study_name}).\n"
                   f"# Selected on {ctx.validation_classes} held-out training classes, never on test classes.\n"
                   f"# The grid applies regularizer.params when use_tuned is on.\n")
         atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
         out["tuned"] = path
     ctx.results_dir.mkdir(parents=True, exist_ok=True)
     out.update(write_plots(ctx, study))
-    summary = ctx.results_dir / f"{ctx.dataset}.md"
+    summary = ctx.results_dir / f"{ctx.stem}.md"
     atomic_write_text(summary, summary_markdown(ctx, study, doc))
     out["summary"] = summary
     return out
@@ -886,7 +909,7 @@ def write_plots(ctx: TuningContext, study: Any) -> dict[str, Path]:
     out = {}
     complete = [t for t in study.get_trials(deepcopy=False) if _state(t) == "COMPLETE"]
     for name, plot, need in (("history", ovm.plot_optimization_history, 1), ("importances", ovm.plot_param_importances, 2)):
-        path = ctx.results_dir / f"{ctx.dataset}-{name}.png"
+        path = ctx.results_dir / f"{ctx.stem}-{name}.png"
         fig = None
         try:
             if len(complete) < need:
@@ -919,7 +942,7 @@ def write_plots(ctx: TuningContext, study: Any) -> dict[str, Path]:
 def summary_markdown(ctx: TuningContext, study: Any, doc: dict[str, Any] | None) -> str:
     counts = trial_counts(study)
     lines = [f"# Tuning {ctx.regularizer} on {ctx.dataset} ({ctx.profile} profile)", "",
-             f"Study `{ctx.study_name}`: {ctx.spec.method}, trained on `{ctx.base.data.dataset}` less its last "
+             f"Study `{ctx.study_name}`: {ctx.method}, trained on `{ctx.base.data.dataset}` less its last "
              f"{ctx.validation_classes} training classes, which are the validation set (the test classes are never "
              f"used). TPE sampler, median pruning on per-epoch validation Recall@1; a trial's value is its best "
              f"validation Recall@1.", "",
@@ -931,7 +954,7 @@ def summary_markdown(ctx: TuningContext, study: Any, doc: dict[str, Any] | None)
         lines += [f"**Best**: trial {s['best_trial']}, validation R@1 {100 * s['best_validation_recall_at_1']:.2f} "
                   f"(epoch {s['best_epoch']}): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in doc["regularizer"]["params"].items())
                   + (f". The untuned defaults (the baseline trial): {100 * base:.2f}." if base is not None else "."),
-                  f"Written to `{tuned_file(Path('params'), ctx.profile, ctx.dataset)}`; the default is "
+                  f"Written to `{tuned_file(Path('params'), ctx.profile, ctx.dataset, ctx.regularizer)}`; the default is "
                   + ", ".join(f"{k} = {_fmt(ctx.base.regularizer.params.get(k))}" for k in doc["regularizer"]["params"]) + ".", ""]
     lines += [f"![optimization history]({ctx.dataset}-history.png) ![parameter importances]({ctx.dataset}-importances.png)", "",
               "val R@1: a complete trial's best validation Recall@1 (at `epoch`); in brackets, the last value a pruned "
@@ -963,10 +986,11 @@ def summary_markdown(ctx: TuningContext, study: Any, doc: dict[str, Any] | None)
 # ---- retraining the best configuration on all training classes ------------------------------------
 
 def retrain_best(profile: str, dataset: str, *, params_dir: Path = PARAMS_DIR, seeds: list[int] | None = None,
-                 tracking: bool = True, echo: Callable[[str], None] | None = print, progress: bool = False) -> Path:
+                 tracking: bool = True, echo: Callable[[str], None] | None = print, progress: bool = False,
+                 method: str | None = None) -> Path:
     """Train the tuned config (the grid's run under use_tuned: all training classes, the test split for
     evaluation) for the profile's seeds, evaluate it, and compare with the default config's runs where
-    they have been evaluated. Writes results/<profile>/tuning/<dataset>-best-test.md."""
+    they have been evaluated. Writes results/<profile>/tuning/<dataset>-<regularizer>-best-test.md."""
     from mdr import layout
     from mdr.engine import train
     from mdr.evaluation import evaluate_run
@@ -974,16 +998,19 @@ def retrain_best(profile: str, dataset: str, *, params_dir: Path = PARAMS_DIR, s
 
     params_dir = Path(params_dir)
     spec = load_tuning(params_dir)
+    method = method or spec.method
     prof = load_profile(profile, params_dir)
-    path = tuned_file(params_dir, profile, dataset)
+    regularizer = method_config(profile, dataset, method, 0, params_dir)[1]["regularizer"]
+    path = tuned_file(params_dir, profile, dataset, regularizer)
     if not path.exists():
-        raise TuningError(f"{path} does not exist: run `python -m pipeline tune --profile {profile} --dataset {dataset}` first")
+        raise TuningError(f"{path} does not exist: run `python -m pipeline tune --profile {profile} --dataset {dataset} "
+                          f"--method {method}` first")
     tuned_doc = yaml.safe_load(path.read_text())
     say = echo or (lambda s: None)
     rows = []
     for seed in seeds or prof.seeds:
-        config, facts = method_config(profile, dataset, spec.method, seed, params_dir, use_tuned=True)
-        default, _ = method_config(profile, dataset, spec.method, seed, params_dir, use_tuned=False)
+        config, facts = method_config(profile, dataset, method, seed, params_dir, use_tuned=True)
+        default, _ = method_config(profile, dataset, method, seed, params_dir, use_tuned=False)
         assert config.data.validation_classes == 0
         rid = run_id(config)
         run_dir = layout.run_dir(profile, rid)
@@ -1010,7 +1037,7 @@ def retrain_best(profile: str, dataset: str, *, params_dir: Path = PARAMS_DIR, s
         default_path = layout.metrics_file(profile, default_id)
         default_metrics = json.loads(default_path.read_text()) if default_path.exists() else None
         rows.append((seed, rid, tuned_metrics, default_id, default_metrics))
-    out = RESULTS / profile / "tuning" / f"{dataset}-best-test.md"
+    out = RESULTS / profile / "tuning" / f"{dataset}-{regularizer}-best-test.md"
     atomic_write_text(out, best_test_markdown(profile, dataset, tuned_doc, rows, config))
     say(f"[retrain] wrote {out}")
     return out

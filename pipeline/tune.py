@@ -1,7 +1,7 @@
 """Tune a regularizer's hyperparameters on validation classes: `python -m pipeline tune --profile smoke --dataset cub200`.
 
 Runs (or resumes) the Optuna study of params/tuning.yaml for one logical dataset until it has --trials
-finished trials, then writes params/tuned/<profile>/<dataset>.yaml and results/<profile>/tuning/.
+finished trials, then writes params/tuned/<profile>/<dataset>-<regularizer>.yaml and results/<profile>/tuning/.
 Not part of the default target; the grid uses the result with `use_tuned`.
 """
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pipeline.common import parser, stage
 def main(argv: list[str]) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="logical dataset (cub200, cars196, sop, inshop)")
+    p.add_argument("--method", default=None,
+                   help="method to tune, from params/methods.yaml (default: params/tuning.yaml's `method`); its "
+                        "regularizer's search space is searched, e.g. Triplet+DetReg, Triplet+LSD, Triplet+Guided")
     p.add_argument("--trials", type=int, default=None, help="finished trials the study should reach (default: params/tuning.yaml)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage: a journal file path (default optuna/<profile>/<dataset>.journal) or a URL "
@@ -44,9 +47,10 @@ def main(argv: list[str]) -> int:
     try:
         if not args.retrain_only:
             tuning.tune(args.profile, args.dataset, n_trials=args.trials, storage=args.storage, workers=args.workers,
-                        study_name=args.study_name, tracking=not args.no_tracking, echo=echo, echo_epochs=args.verbose)
+                        study_name=args.study_name, tracking=not args.no_tracking, echo=echo, echo_epochs=args.verbose,
+                        method=args.method)
         if args.retrain or args.retrain_only:
-            tuning.retrain_best(args.profile, args.dataset, tracking=not args.no_tracking, echo=echo)
+            tuning.retrain_best(args.profile, args.dataset, tracking=not args.no_tracking, echo=echo, method=args.method)
     except tuning.TuningError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

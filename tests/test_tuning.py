@@ -80,7 +80,7 @@ class FakeTrain:
         history = []
         for epoch in (1, 2, 3):
             record = {"epoch": epoch, "loss": 1.0 / epoch,
-                      "recall_at_1": epoch / 3 / (1 + abs(config.regularizer.params["weight"] - 0.3))}
+                      "recall_at_1": epoch / 3 / (1 + abs(config.regularizer.params.get("weight", 0.3) - 0.3))}
             history.append(record)
             for cb in callbacks:
                 cb.on_epoch_end(record)
@@ -156,18 +156,18 @@ def test_two_real_trials_end_to_end_then_the_grid_uses_the_tuned_params(params, 
                                                          "level_penalty": 0.01, "momentum": 0.9}
     for t in result.study.trials:
         assert 0 <= t.value <= 1 and sorted(t.intermediate_values) == [1, 2, 3]
-        saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "tuning" / "cub200" / f"trial-{t.number}" / "config.yaml").read_text())
+        saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "tuning" / "cub200-mdr" / f"trial-{t.number}" / "config.yaml").read_text())
         assert saved["data"]["validation_classes"] == 3
-    path = tuned_file(params, "tiny", "cub200")
+    path = tuned_file(params, "tiny", "cub200", "mdr")
     tuned = yaml.safe_load(path.read_text())
     best = result.study.best_trial
     assert tuned["regularizer"]["params"]["levels"] == symmetric_levels(best.params["num_levels"], best.params["spacing"])
     assert tuned["study"]["best_trial"] == best.number and tuned["study"]["finished_trials"] == 2
     assert "date" not in path.read_text().lower()
     results = tmp_path / "results" / "tiny" / "tuning"
-    for name in ("cub200-history.png", "cub200-importances.png", "cub200.md"):
+    for name in ("cub200-mdr-history.png", "cub200-mdr-importances.png", "cub200-mdr.md"):
         assert (results / name).stat().st_size > 0
-    assert "held" in (results / "cub200.md").read_text() or "validation" in (results / "cub200.md").read_text()
+    assert "held" in (results / "cub200-mdr.md").read_text() or "validation" in (results / "cub200-mdr.md").read_text()
     runs = _mlflow_runs("mdr-tiny-tuning")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert all("recall_at_1" in r.data.metrics and "search.num_levels" in r.data.params for r in runs)
@@ -196,6 +196,30 @@ def test_two_real_trials_end_to_end_then_the_grid_uses_the_tuned_params(params, 
 
 # ---- faults ---------------------------------------------------------------------------------------
 
+def test_another_regularizer_is_tuned_into_its_own_file_and_only_its_runs_use_it(params):
+    table = yaml.safe_load((params / "tables" / "table1.yaml").read_text())
+    table["axes"]["method"] = ["Triplet+MDR", "Triplet+DetReg"]
+    (params / "tables" / "table1.yaml").write_text(yaml.safe_dump(table))
+    result = tune("tiny", "cub200", n_trials=3, params_dir=params, echo=None, train_fn=FakeTrain(),
+                  method="Triplet+DetReg", tracking=False)
+    first = result.study.trials[0]
+    assert first.user_attrs["baseline"] and first.params == {"weight": 0.005, "dual_weight": 0.005, "interpolation": 0.5}
+    doc = yaml.safe_load(tuned_file(params, "tiny", "cub200", "detreg").read_text())
+    assert doc["regularizer"]["name"] == "detreg"
+    assert set(doc["regularizer"]["params"]) == {"weight", "dual_weight", "interpolation"}
+    assert not tuned_file(params, "tiny", "cub200", "mdr").exists()
+    assert (Path("results") / "tiny" / "tuning" / "cub200-detreg.md").exists()
+    tuned, untuned = load_grid("tiny", params, use_tuned=True), load_grid("tiny", params, use_tuned=False)
+    by_reg = lambda grid: {s.config.regularizer.name: s.config for s in grid.runs.values() if s.config.seed == 0}  # noqa: E731
+    assert by_reg(tuned)["detreg"].regularizer.params["weight"] == doc["regularizer"]["params"]["weight"]
+    assert by_reg(tuned)["mdr"] == by_reg(untuned)["mdr"]  # MDR's runs are untouched
+
+
+def test_a_method_without_a_search_space_is_refused_by_name(params):
+    with pytest.raises(Exception, match="Triplet.*regularizer 'none'.*no search space"):
+        make_context("tiny", "cub200", params, method="Triplet")
+
+
 def test_a_diverging_trial_is_marked_failed_and_the_study_goes_on(params):
     result = tune("tiny", "cub200", n_trials=4, params_dir=params, echo=None, train_fn=FakeTrain(nan_trials={1}))
     counts = result.counts
@@ -205,7 +229,7 @@ def test_a_diverging_trial_is_marked_failed_and_the_study_goes_on(params):
     runs = {r.data.tags["trial"]: r for r in _mlflow_runs("mdr-tiny-tuning")}
     assert runs["1"].info.status == "FAILED" and "nan" in runs["1"].data.tags["failure"]
     assert runs["2"].info.status == "FINISHED" and runs["3"].info.status == "FINISHED"
-    assert "diverged" in (Path("results") / "tiny" / "tuning" / "cub200.md").read_text()
+    assert "diverged" in (Path("results") / "tiny" / "tuning" / "cub200-mdr.md").read_text()
 
 
 def test_an_interrupted_study_resumes_keeping_finished_trials(params, tmp_path):
@@ -284,7 +308,7 @@ def test_worker_processes_share_one_journal_study(params):
     assert len(trials) == 6 and result.counts["complete"] == 6
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
     assert len(pids) >= 2  # the trials really came from several processes
-    assert yaml.safe_load(tuned_file(params, "tiny", "cub200").read_text())["study"]["finished_trials"] == 6
+    assert yaml.safe_load(tuned_file(params, "tiny", "cub200", "mdr").read_text())["study"]["finished_trials"] == 6
 
 
 def test_use_tuned_on_the_real_smoke_grid(tmp_path, monkeypatch):
@@ -293,7 +317,7 @@ def test_use_tuned_on_the_real_smoke_grid(tmp_path, monkeypatch):
     doc = {"profile": "smoke", "dataset": "cub200",
            "regularizer": {"name": "mdr", "params": {"levels": [-2.0, 2.0], "weight": 0.3, "level_penalty": 0.005,
                                                       "momentum": 0.8}}}
-    path = tuned_file(params, "smoke", "cub200")
+    path = tuned_file(params, "smoke", "cub200", "mdr")
     path.parent.mkdir(parents=True)
     path.write_text(yaml.safe_dump(doc))
     default, tuned = load_grid("smoke", params), load_grid("smoke", params, use_tuned=True)
