@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdr.io import tmp_path
+from mdr.io import atomic_write
 
 BEST_EMBEDDINGS = "best_embeddings.npz"
 FINAL_EMBEDDINGS = "final_embeddings.npz"
@@ -48,18 +48,16 @@ class Embeddings:
 
     def save(self, path: str | os.PathLike, *, epoch: int, fingerprint: str) -> None:
         """Write atomically, with the epoch (1-based) and the config fingerprint they belong to."""
-        path = Path(path)
         arrays = {"query": self.query, "query_labels": self.query_labels,
                   "epoch": np.array(epoch), "fingerprint": np.array(fingerprint)}
         if self.gallery is not None:
             arrays.update(gallery=self.gallery, gallery_labels=self.gallery_labels)
-        tmp = tmp_path(path)
-        try:
-            with open(tmp, "wb") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: given a name, savez would append ".npz"
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, epoch: int, fingerprint: str) -> "Embeddings | None":
