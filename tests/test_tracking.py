@@ -223,7 +223,8 @@ def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts in tmp); stopped at the end."""
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     if not mlflow_bin.exists():
-        pytest.skip("the mlflow command is not installed next to this Python")
+        pytest.skip(f"no `mlflow` command beside {sys.executable}: this Python lacks the project's dependencies "
+                    "(make test installs them into .venv, where this test runs)")
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(

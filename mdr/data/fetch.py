@@ -513,6 +513,16 @@ def is_extracted(archive: str | os.PathLike, dest: str | os.PathLike) -> bool:
         return False
 
 
+def verify_and_extract(sources: Iterable[Source], raw_dir: str | os.PathLike, archive: str,
+                       progress: bool = True) -> dict[str, Any]:
+    """The prepare step of a one-archive recipe: verify the fetched files (no download) and extract
+    `archive` once into its extraction_dir. Returns the verification records (for sources_meta)."""
+    raw_dir = Path(raw_dir)
+    records = fetch_sources(sources, raw_dir, progress=progress, download=False)
+    safe_extract(raw_dir / archive, extraction_dir(raw_dir / archive, raw_dir), progress=progress)
+    return records
+
+
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike | None = None, progress: bool = False) -> Path:
     """Unpack `archive` into `dest` once (default: `extraction_dir(archive)`), refusing unsafe members.
 

@@ -167,6 +167,20 @@ def build_prepared(
         raise
 
 
+
+def build_published(name: str, rows: pd.DataFrame, out_dir: str | os.PathLike, image_size: int, *,
+                    published_counts: Mapping[str, int], published_classes: Mapping[str, int],
+                    expected_counts: Mapping[str, int] | None = None,
+                    expected_classes: Mapping[str, int] | None = None, **kwargs: Any) -> PreparedDataset:
+    """build_prepared for a recipe: expected_counts / expected_classes None = the published numbers,
+    {} = no check (tests on small fakes pass their own)."""
+    return build_prepared(
+        name, rows, out_dir, image_size,
+        expected_counts=published_counts if expected_counts is None else expected_counts,
+        expected_classes=published_classes if expected_classes is None else expected_classes,
+        **kwargs,
+    )
+
 def _fill(path: Path, offset: int, n: int, size: int, loader: ImageLoader, progress: bool, workers: int,
           name: str) -> None:
     row_bytes = size * size * 3

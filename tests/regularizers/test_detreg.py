@@ -12,15 +12,6 @@ from mdr.regularizers.detreg import DetRegRegularizer, DuelingFlowHead, RealNVP
 from tests.conftest import StopAfter, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared, busy CPU: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomised(flow: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

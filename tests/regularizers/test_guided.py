@@ -11,15 +11,6 @@ from mdr.regularizers.guided import GuidedRegularizer
 from tests.conftest import StopAfter, make_blob_dataset, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared, busy CPU: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = {"image_size": 16, "branch_width": 8, "target_dim": 6, "master_iterations": 20, "master_batch": 16}
 
 

@@ -15,15 +15,6 @@ from mdr.regularizers.lsd import LSDRegularizer, listwise_kd
 from tests.conftest import StopAfter, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared, busy CPU: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_kd(student: np.ndarray, teacher: np.ndarray, tau: float) -> float:
     zs = student / np.linalg.norm(student, axis=1, keepdims=True)
     zt = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)

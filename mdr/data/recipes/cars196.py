@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..fetch import ManualDownloadRequired, Source, extraction_dir, fetch_sources, manual_download_message, safe_extract
-from ..imagecache import MissingAnnotationError, build_prepared, find_folder, require_file, sources_meta
+from ..imagecache import MissingAnnotationError, build_published, find_folder, require_file, sources_meta
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
 
 NAME = "cars196"
@@ -218,13 +218,12 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
         sources = {names_csv.relative_to(raw_dir).as_posix(): {
             "sha256": hashlib.sha256(names_csv.read_bytes()).hexdigest(), "images": len(rows),
             "verified_against_published_hash": False}}
-    return build_prepared(
+    return build_published(
         NAME, rows, out_dir, image_size, raw_root=raw_dir,
         meta={"title": RECIPE.title, "recipe_version": RECIPE_VERSION, "layout": layout, "sources": sources,
               "split_protocol": "by class id: 1-98 train, 99-196 test (release train/test sets not used)"},
-        expected_counts=EXPECTED_COUNTS if expected_counts is None else expected_counts,
-        expected_classes=EXPECTED_CLASSES if expected_classes is None else expected_classes,
-        progress=progress, workers=workers,
+        published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
+        expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
     )
 
 

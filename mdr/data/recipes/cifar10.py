@@ -16,8 +16,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..fetch import Source, extraction_dir, fetch_sources, safe_extract
-from ..imagecache import build_prepared, find_folder, require_file, sources_meta, to_rgb_array
+from ..fetch import Source, extraction_dir, fetch_sources, verify_and_extract
+from ..imagecache import build_published, find_folder, require_file, sources_meta, to_rgb_array
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
 
 NAME = "cifar10"
@@ -106,19 +106,17 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
     numbers; {} = no check.
     """
     raw_dir = Path(raw_dir)
-    records = fetch_sources(SOURCES, raw_dir, progress=progress, download=False)
-    safe_extract(raw_dir / ARCHIVE, extraction_dir(raw_dir / ARCHIVE, raw_dir), progress=progress)
+    records = verify_and_extract(SOURCES, raw_dir, ARCHIVE, progress=progress)
     rows, images = read_layout(raw_dir)
     size = int(image_size)
     loader = (lambda i: images[i]) if size == 32 else (lambda i: to_rgb_array(images[i], size))
-    return build_prepared(
+    return build_published(
         NAME, rows, out_dir, image_size, loader=loader,
         meta={"title": RECIPE.title, "recipe_version": RECIPE_VERSION, "sources": sources_meta(records),
               "closed_set": True,
               "split_protocol": "CLOSED-SET: data_batch_1-5 = train, test_batch = test, all 10 classes in both"},
-        expected_counts=EXPECTED_COUNTS if expected_counts is None else expected_counts,
-        expected_classes=EXPECTED_CLASSES if expected_classes is None else expected_classes,
-        progress=progress, workers=workers,
+        published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
+        expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
     )
 
 

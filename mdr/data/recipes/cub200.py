@@ -10,8 +10,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..fetch import Source, extraction_dir, fetch_sources, safe_extract
-from ..imagecache import build_prepared, find_folder, read_rows, sources_meta
+from ..fetch import Source, extraction_dir, fetch_sources, verify_and_extract
+from ..imagecache import build_published, find_folder, read_rows, sources_meta
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
 
 NAME = "cub200"
@@ -76,16 +76,14 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
     pass their own).
     """
     raw_dir = Path(raw_dir)
-    records = fetch_sources(SOURCES, raw_dir, progress=progress, download=False)
-    safe_extract(raw_dir / ARCHIVE, extraction_dir(raw_dir / ARCHIVE, raw_dir), progress=progress)
+    records = verify_and_extract(SOURCES, raw_dir, ARCHIVE, progress=progress)
     rows = read_layout(raw_dir)
-    return build_prepared(
+    return build_published(
         NAME, rows, out_dir, image_size, raw_root=raw_dir,
         meta={"title": RECIPE.title, "recipe_version": RECIPE_VERSION, "sources": sources_meta(records),
               "split_protocol": "by class id: 1-100 train, 101-200 test (train_test_split.txt not used)"},
-        expected_counts=EXPECTED_COUNTS if expected_counts is None else expected_counts,
-        expected_classes=EXPECTED_CLASSES if expected_classes is None else expected_classes,
-        progress=progress, workers=workers,
+        published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
+        expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
     )
 
 
