@@ -19,6 +19,7 @@ STAGES = {
     "tracking-init": "pipeline.tracking_init",
     "tune": "pipeline.tune",
     "dvc-yaml": "pipeline.dvc_yaml",
+    "exp-run": "pipeline.exp_run",
     "dvc-metrics": "pipeline.dvc_metrics",
     "track-rebuild": "pipeline.track_rebuild",
 }

@@ -229,7 +229,8 @@ def _stage_names(text: str) -> set[str]:
 def drift(current: str, wanted: str, path: Path, profile: str) -> str:
     """A message saying how the committed dvc.yaml differs from what params/ give."""
     lines = [f"{path} is out of date with params/ (profile {profile}): regenerate it with "
-             f"`python -m pipeline dvc-yaml --profile {profile}` and commit it."]
+             f"`python -m pipeline dvc-yaml --profile {profile}` and commit it. For an experiment, "
+             f"`python -m pipeline exp-run -S [FILE:]KEY=VALUE` applies the change and regenerates it first."]
     try:
         have, want = _stage_names(current), _stage_names(wanted)
         added, removed = sorted(want - have), sorted(have - want)

@@ -46,7 +46,7 @@ def set_mdr_weight(params: Path, weight: float) -> None:
     path = params / "profiles" / "smoke.yaml"
     profile = yaml.safe_load(path.read_text())
     override = next(o for o in profile["overrides"] if o["when"] == {"regularizer": "mdr"})
-    override["set"]["regularizer.params"]["weight"] = weight
+    override["set"]["regularizer"]["params"]["weight"] = weight
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
 
 
@@ -202,6 +202,88 @@ def test_dvc_exp_run_with_a_changed_parameter(repo):
     assert '"report_epoch": "final"' in params
     sh(repo, "git", "checkout", "--", ".")  # back to the committed workspace
     dvc(repo, "checkout")
+
+
+PROFILE = "params/profiles/smoke.yaml"
+LAMBDA = "overrides.0.set.regularizer.params.weight"  # MDR's lambda: the smoke profile's first override
+
+
+def exp_run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, sys.executable, "-m", "pipeline", "exp-run", *args, check=check)
+
+
+def experiments(repo: Path) -> list[dict]:
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    return [e for rev in shown for e in (rev.get("experiments") or [])]
+
+
+@pytest.mark.slow
+def test_exp_run_with_a_parameter_that_changes_the_runs(repo):
+    """MDR's lambda defines runs: plain `dvc exp run -S` stops at the grid stage and says what to use;
+    `pipeline exp-run -S` applies it, regenerates dvc.yaml and records an experiment that trains only
+    the new MDR run."""
+    built(repo)
+    commit(repo, "before the lambda experiment")
+    old = run_ids(repo)
+    plain = dvc(repo, "exp", "run", "-S", f"{PROFILE}:{LAMBDA}=0.2", check=False)
+    assert plain.returncode != 0 and ran(plain) == {"grid"}
+    assert "python -m pipeline exp-run -S" in plain.stdout + plain.stderr
+    sh(repo, "git", "checkout", "--", ".")
+
+    result = exp_run(repo, "-S", f"{LAMBDA}=0.2", "-n", "lambda-0.2")
+    new = run_ids(repo)
+    assert new["none"] == old["none"] and new["mdr"] != old["mdr"]
+    assert "dvc.yaml regenerated: 4 stage(s) added or removed" in result.stdout
+    assert ran(result) == {"grid", f"train@{new['mdr']}", f"evaluate@{new['mdr']}", "aggregate-pair", "report", "metrics",
+                           "track"}
+    config = yaml.safe_load((repo / "runs" / "smoke" / new["mdr"] / "config.yaml").read_text())
+    assert config["regularizer"]["params"]["weight"] == 0.2
+    assert new["mdr"] in (repo / "results" / "smoke" / "pair.csv").read_text()
+    [experiment] = [e for e in experiments(repo) if e.get("name") == "lambda-0.2"]
+    assert '"weight": 0.2' in json.dumps(experiment)
+    sh(repo, "git", "checkout", "--", ".")
+    dvc(repo, "checkout")
+
+
+@pytest.mark.slow
+def test_exp_run_queue_keeps_the_workspace(repo):
+    """--queue: the queued experiment has its own params and dvc.yaml; the workspace is left as it was."""
+    before = {f: (repo / f).read_text() for f in (PROFILE, "dvc.yaml")}
+    exp_run(repo, "-S", f"{LAMBDA}=0.25", "-n", "lambda-0.25", "--queue")
+    assert {f: (repo / f).read_text() for f in before} == before
+    dvc(repo, "queue", "start")
+    deadline = time.time() + 600
+    while "lambda-0.25" not in {e.get("name") for e in experiments(repo)} or \
+            "Running" in dvc(repo, "queue", "status").stdout or "Queued" in dvc(repo, "queue", "status").stdout:
+        assert time.time() < deadline, dvc(repo, "queue", "status").stdout
+        time.sleep(2)
+    status = dvc(repo, "queue", "status").stdout
+    assert "Failed" not in status, status + dvc(repo, "queue", "logs", "lambda-0.25", check=False).stdout
+    [experiment] = [e for e in experiments(repo) if e.get("name") == "lambda-0.25"]
+    assert '"weight": 0.25' in json.dumps(experiment)
+    # it ran in a copy of the repository, which has no runs/ (checkpoints are not DVC outputs): every run
+    # was trained again there, as the README says
+    logs = dvc(repo, "queue", "logs", "lambda-0.25").stdout
+    assert f"train@{run_ids(repo)['none']}" in ran(subprocess.CompletedProcess([], 0, logs, ""))
+
+
+def test_exp_run_refuses_a_bad_set_and_changes_nothing(repo):
+    files = [repo / PROFILE, repo / "dvc.yaml"]
+    before = [f.read_text() for f in files]
+    typo = LAMBDA.replace("weight", "wieght")
+    cases = {
+        f"{typo}=0.2": "Could not override",  # a key that does not exist
+        f"+{typo}=0.2": "wieght: unknown key",  # added, but MDR has no such parameter
+        "defaults.train.epochs=0": "train.epochs: Input should be greater than 0",
+        "params/nosuch.yaml:seeds=[0]": "params/nosuch.yaml does not exist",
+        "seeds": "expected [FILE:]KEY=VALUE",
+    }
+    for spec, reason in cases.items():
+        result = exp_run(repo, "-S", spec, check=False)
+        assert result.returncode == 2, (spec, result.stdout, result.stderr)
+        assert result.stderr.startswith("error: ") and reason in result.stderr, (spec, result.stderr)
+        assert "running: " not in result.stdout  # dvc was never called
+        assert [f.read_text() for f in files] == before, spec
 
 
 def check(repo: Path, monkeypatch, capsys) -> tuple[int, str]:
