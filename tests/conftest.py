@@ -88,3 +88,16 @@ class StopAfter:
 
     def on_train_end(self, *a):
         pass
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for this test session (tests/postgres.py); `.database()` gives a URL."""
+    from tests.postgres import Unavailable, start_server
+
+    try:
+        server = start_server()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    yield server
+    server.stop()

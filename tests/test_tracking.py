@@ -218,18 +218,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts in tmp); stopped at the end."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mlflow_server(tmp_path, request):
+    """`mlflow server` on 127.0.0.1 with a sqlite or a PostgreSQL backend (a real server, tests/postgres.py)
+    and proxied artifacts in tmp; stopped at the end."""
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     if not mlflow_bin.exists():
         pytest.skip(f"no `mlflow` command beside {sys.executable}: this Python lacks the project's dependencies "
                     "(make test installs them into .venv, where this test runs)")
+    if request.param == "postgresql":
+        backend = request.getfixturevalue("postgres").database("mlflow")
+    else:
+        backend = f"sqlite:///{tmp_path / 'server.db'}"
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--backend-store-uri", backend,
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -246,7 +251,7 @@ def mlflow_server(tmp_path):
                 log.flush()
                 pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url, tmp_path
+        yield url, tmp_path, backend
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)  # the server's own process group (it starts uvicorn workers)
@@ -260,7 +265,7 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_a_tracking_server_given_by_MLFLOW_TRACKING_URI_is_used(mlflow_server, monkeypatch):
-    url, tmp = mlflow_server
+    url, tmp, backend = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     work = tmp / "work"
     work.mkdir()
@@ -290,3 +295,13 @@ def test_a_tracking_server_given_by_MLFLOW_TRACKING_URI_is_used(mlflow_server, m
     assert any((tmp / "server-artifacts").rglob("metrics.json"))
     assert not (work / "mlruns").exists() and not (work / "mlartifacts").exists()
     shutil.rmtree(tmp / "download")
+    if backend.startswith("postgresql"):  # the server's records really are in PostgreSQL
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(backend)
+        try:
+            with engine.connect() as conn:
+                tagged = set(conn.execute(sqlalchemy.text("SELECT value FROM tags WHERE key = 'run_id'")).scalars())
+        finally:
+            engine.dispose()
+        assert rid in tagged

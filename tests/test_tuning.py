@@ -311,6 +311,33 @@ def test_worker_processes_share_one_journal_study(params):
     assert yaml.safe_load(tuned_file(params, "tiny", "cub200", "mdr").read_text())["study"]["finished_trials"] == 6
 
 
+def test_worker_processes_share_one_postgresql_study(params, postgres):
+    """The several-machines setup on one machine: a real PostgreSQL server, two worker processes, then
+    another command joining the same study by its URL (as a second machine would)."""
+    import optuna
+
+    url = postgres.database("optuna")
+    first = tune("tiny", "cub200", n_trials=4, workers=2, storage=url, params_dir=params, echo=None, tracking=False,
+                 train_fn=FakeTrain())
+    assert first.counts["complete"] == 4
+    assert len({t.user_attrs["worker"]["pid"] for t in first.study.trials}) >= 2
+    second = tune("tiny", "cub200", n_trials=6, storage=url, params_dir=params, echo=None, tracking=False,
+                  train_fn=FakeTrain())
+    assert second.counts["complete"] == 6  # resumed: 4 kept, 2 added
+    stored = optuna.load_study(study_name=second.study.study_name, storage=url)
+    assert sorted(t.number for t in stored.trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored.trials)
+    tuned = tuned_file(params, "tiny", "cub200", "mdr").read_text()
+    assert yaml.safe_load(tuned)["study"]["finished_trials"] == 6 and "s3cret-pw" not in tuned
+
+
+def test_an_unreachable_postgresql_store_gives_one_clear_message():
+    with pytest.raises(TuningError, match=r"cannot open the Optuna store postgresql://mdr:\*\*\*@127.0.0.1:9/x: "
+                                          r".*check the URL, that the server is reachable") as info:
+        open_storage("postgresql://mdr:s3cret-pw@127.0.0.1:9/x")
+    assert "s3cret-pw" not in str(info.value)
+
+
 def test_use_tuned_on_the_real_smoke_grid(tmp_path, monkeypatch):
     params = tmp_path / "params"
     shutil.copytree(PARAMS_DIR, params, ignore=shutil.ignore_patterns("tuned"))
