@@ -104,7 +104,7 @@ def _edit(path: Path, fn):
      r"model\.backbone: unknown backbone 'resnet19'; allowed: .*resnet18"),
     (lambda p: p["defaults"]["train"].update(batch_size=66),
      r"batch_size 66 is not divisible by images_per_class"),
-    (lambda p: p["overrides"][0]["set"]["regularizer.params"].update(levels="-3,0,3"),
+    (lambda p: p["overrides"][0]["set"]["regularizer"]["params"].update(levels="-3,0,3"),
      r"levels must be a list of numbers"),
     (lambda p: p["defaults"]["train"].update(epochz=3),
      r"train\.epochz: unknown key"),
