@@ -212,7 +212,7 @@ def render(profile: str, root: Path | None = None, params_dir: Path | None = Non
     return HEADER.format(profile=profile) + _dump(build(profile, root, params_dir))
 
 
-def _stage_names(text: str) -> set[str]:
+def stage_names(text: str) -> set[str]:
     import yaml
 
     data = yaml.safe_load(text) or {}
@@ -232,7 +232,7 @@ def drift(current: str, wanted: str, path: Path, profile: str) -> str:
              f"`python -m pipeline dvc-yaml --profile {profile}` and commit it. For an experiment, "
              f"`python -m pipeline exp-run -S [FILE:]KEY=VALUE` applies the change and regenerates it first."]
     try:
-        have, want = _stage_names(current), _stage_names(wanted)
+        have, want = stage_names(current), stage_names(wanted)
         added, removed = sorted(want - have), sorted(have - want)
         for label, names in (("stages params/ now adds", added), ("stages params/ no longer has", removed)):
             if names:
@@ -270,6 +270,6 @@ def main(argv: list[str]) -> int:
     changed = not path.exists() or path.read_text() != wanted
     if changed:
         atomic_write_text(path, wanted)
-    stages = _stage_names(wanted)
+    stages = stage_names(wanted)
     print(f"{'wrote' if changed else 'unchanged:'} {path} (profile {args.profile}, {len(stages)} stages)")
     return 0

@@ -22,6 +22,7 @@ Example: MDR's lambda in the smoke profile (its first override):
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections import defaultdict
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from pipeline.common import parser, stage
 
-DETACHED = ("--queue", "--temp", "--run-all")  # the experiment runs from a copy, not from the workspace
+DETACHED = ("--queue", "--temp")  # the experiment runs from a copy of the repository, not in the workspace
 
 
 def split_set(spec: str, default_file: Path) -> tuple[Path, str]:
@@ -78,19 +79,22 @@ def apply_sets(sets: list[tuple[Path, str]]) -> dict[Path, str]:
 
 
 def restore(saved: dict[Path, str]) -> None:
+    from mdr.io import atomic_write_text
+
     for path, text in saved.items():
-        path.write_text(text)
+        atomic_write_text(path, text)
 
 
 def regenerate(profile: str, dvc_yaml: Path) -> tuple[str | None, int]:
     """Write dvc.yaml for params/ as they are now; returns (its previous text, number of stages that changed)."""
-    from pipeline.dvc_yaml import _stage_names, render
+    from mdr.io import atomic_write_text
+    from pipeline.dvc_yaml import render, stage_names
 
     previous = dvc_yaml.read_text() if dvc_yaml.exists() else None
     wanted = render(profile, root=dvc_yaml.parent)  # raises ConfigError when params/ no longer expand
     if wanted != previous:
-        dvc_yaml.write_text(wanted)
-    changed = len(_stage_names(wanted) ^ _stage_names(previous or ""))
+        atomic_write_text(dvc_yaml, wanted)
+    changed = len(stage_names(wanted) ^ stage_names(previous or ""))
     return previous, changed
 
 
@@ -100,7 +104,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("-S", "--set-param", dest="sets", action="append", default=[], metavar="[FILE:]KEY=VALUE",
                    help="a parameter to change, in `dvc exp run -S` syntax; FILE defaults to "
                         "params/profiles/<profile>.yaml; repeat for several")
-    p.add_argument("--dvc", default=f"{sys.executable} -m dvc", help="the dvc command (default: this Python's)")
+    p.add_argument("--dvc", default=f"{shlex.quote(sys.executable)} -m dvc", help="the dvc command (default: this Python's)")
     args, dvc_args = p.parse_known_args(argv)
     from mdr.config import ConfigError
     from mdr.grid import PARAMS_DIR
@@ -123,11 +127,9 @@ def main(argv: list[str]) -> int:
     for path, override in sets:
         print(f"set {override} in {path}")
     print(f"dvc.yaml regenerated: {changed} stage(s) added or removed" if changed else "dvc.yaml unchanged")
-    command = args.dvc.split() + ["exp", "run", *dvc_args]
+    command = shlex.split(args.dvc) + ["exp", "run", *dvc_args]
     print("running:", " ".join(command), flush=True)
     code = subprocess.call(command)
     if any(a in DETACHED for a in dvc_args):  # the queued/temporary experiment has its own copy
-        restore(saved)
-        if previous is not None:
-            dvc_yaml.write_text(previous)
+        restore(saved if previous is None else {**saved, dvc_yaml: previous})
     return code
