@@ -35,7 +35,7 @@ def server_binaries() -> Path:
                       ".ci/run does) to test the MLflow and Optuna stores on PostgreSQL")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,4 +105,4 @@ def start_server() -> Server:
                               "(`apt-get install postgresql` creates it)") from None
         os.chown(folder, pw.pw_uid, pw.pw_gid)
         as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    return Server(binaries, folder, _free_port(), as_user).start()
+    return Server(binaries, folder, free_port(), as_user).start()

@@ -5,7 +5,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from mdr import tracking
 from tests.conftest import tiny_config
+from tests.postgres import free_port
 
 WRITERS = 8
 EPOCHS = 12
@@ -212,12 +212,6 @@ def test_track_rebuild_command(tmp_path, monkeypatch):
 
 # --- a real tracking server ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def mlflow_server(tmp_path, request):
     """`mlflow server` on 127.0.0.1 with a sqlite or a PostgreSQL backend (a real server, tests/postgres.py)
@@ -230,7 +224,7 @@ def mlflow_server(tmp_path, request):
         backend = request.getfixturevalue("postgres").database("mlflow")
     else:
         backend = f"sqlite:///{tmp_path / 'server.db'}"
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
