@@ -956,7 +956,7 @@ def summary_markdown(ctx: TuningContext, study: Any, doc: dict[str, Any] | None)
                   + (f". The untuned defaults (the baseline trial): {100 * base:.2f}." if base is not None else "."),
                   f"Written to `{tuned_file(Path('params'), ctx.profile, ctx.dataset, ctx.regularizer)}`; the default is "
                   + ", ".join(f"{k} = {_fmt(ctx.base.regularizer.params.get(k))}" for k in doc["regularizer"]["params"]) + ".", ""]
-    lines += [f"![optimization history]({ctx.dataset}-history.png) ![parameter importances]({ctx.dataset}-importances.png)", "",
+    lines += [f"![optimization history]({ctx.stem}-history.png) ![parameter importances]({ctx.stem}-importances.png)", "",
               "val R@1: a complete trial's best validation Recall@1 (at `epoch`); in brackets, the last value a pruned "
               "or failed trial reported. Levels: `num_levels` levels `spacing` apart, symmetric around 0.", "",
               "| trial | state | val R@1 | epoch | " + " | ".join(ctx.space) + " | note |",

@@ -167,6 +167,9 @@ def test_two_real_trials_end_to_end_then_the_grid_uses_the_tuned_params(params, 
     results = tmp_path / "results" / "tiny" / "tuning"
     for name in ("cub200-mdr-history.png", "cub200-mdr-importances.png", "cub200-mdr.md"):
         assert (results / name).stat().st_size > 0
+    # the summary shows the plots written beside it
+    assert "(cub200-mdr-history.png)" in (results / "cub200-mdr.md").read_text()
+    assert "(cub200-mdr-importances.png)" in (results / "cub200-mdr.md").read_text()
     assert "held" in (results / "cub200-mdr.md").read_text() or "validation" in (results / "cub200-mdr.md").read_text()
     runs = _mlflow_runs("mdr-tiny-tuning")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
