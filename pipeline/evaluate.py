@@ -32,7 +32,6 @@ def main(argv: list[str]) -> int:
 
         log_evaluation(args.profile, spec.run_id, metrics,
                        [target, run_dir / "config.yaml", run_dir / "history.json", run_dir / "best.pt"])
-
     best = metrics["best"]
     print(f"{spec.run_id}: best epoch {metrics['best_epoch']}, R@1 {100 * best['recall_at_1']:.2f}, "
           f"MAP@R {100 * best['map_at_r']:.2f}")

@@ -167,7 +167,6 @@ def build_prepared(
         raise
 
 
-
 def build_published(name: str, rows: pd.DataFrame, out_dir: str | os.PathLike, image_size: int, *,
                     published_counts: Mapping[str, int], published_classes: Mapping[str, int],
                     expected_counts: Mapping[str, int] | None = None,
@@ -180,6 +179,7 @@ def build_published(name: str, rows: pd.DataFrame, out_dir: str | os.PathLike, i
         expected_classes=published_classes if expected_classes is None else expected_classes,
         **kwargs,
     )
+
 
 def _fill(path: Path, offset: int, n: int, size: int, loader: ImageLoader, progress: bool, workers: int,
           name: str) -> None:

@@ -10,15 +10,11 @@ from pathlib import Path
 
 from ..prepared import PreparedDataset
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
-from .glyphs import expected_counts, generate_glyphs
+from .glyphs import RECIPE as GLYPHS, expected_counts, generate_glyphs
 
 NUM_CLASSES = 10
 IMAGES_PER_CLASS = 360
 TRAIN_PER_CLASS = 300
-
-
-def _fetch(raw_dir: Path) -> None:
-    """Nothing to fetch: rendered from the fonts matplotlib ships."""
 
 
 def _prepare(raw_dir: Path, out_dir: Path, image_size: int) -> PreparedDataset:
@@ -31,7 +27,7 @@ RECIPE = register_dataset(
         name="glyphs-closed",
         title="Glyphs, closed set: 10 characters, 300 train / 60 test images each (embedded, no download)",
         ks=KS_SMALL,
-        fetch=_fetch,
+        fetch=GLYPHS.fetch,  # nothing to fetch: rendered from the fonts matplotlib ships
         prepare=_prepare,
         expected_counts=expected_counts(NUM_CLASSES, IMAGES_PER_CLASS, TRAIN_PER_CLASS),
         embedded=True,
