@@ -8,9 +8,24 @@ PROFILE ?= smoke
 
 setup: $(VENV)/.installed
 
+# A new .venv takes about 6.5 GiB: torch 2.14.1 is pinned (pyproject.toml) and its build brings the
+# CUDA libraries. Check for room first, so a full disk is one message and not a pip OSError mid-install.
+SETUP_MIN_FREE_GIB ?= 8
+define CHECK_FREE_SPACE
+import os, shutil, sys
+where = os.path.abspath("$(VENV)")
+while not os.path.isdir(where):  # the nearest folder that exists: the one pip will fill
+    where = os.path.dirname(where)
+free = shutil.disk_usage(where).free / 2**30
+if free < $(SETUP_MIN_FREE_GIB):
+    sys.exit(f"make setup: {free:.1f} GiB free in {where}, but a new $(VENV) needs about $(SETUP_MIN_FREE_GIB) GiB "
+             "(torch 2.14.1 with its CUDA libraries). Free some space there, or set VENV= to a disk with room.")
+endef
+export CHECK_FREE_SPACE
+
 # torch/torchvision are pinned in pyproject.toml; pip takes them from the machine's wheel index.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || { python3 -c "$$CHECK_FREE_SPACE" && python3 -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@

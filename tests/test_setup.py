@@ -1,0 +1,21 @@
+"""`make setup` as a user runs it: a disk without room for the environment is one clear message."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no `make` on PATH; install GNU make to test the Makefile")
+def test_setup_refuses_a_disk_without_room_before_creating_anything(tmp_path):
+    venv = tmp_path / "not-yet" / "venv"
+    # No disk has a million GiB free, so the check must refuse, whatever this machine has.
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT), "setup", f"VENV={venv}", "SETUP_MIN_FREE_GIB=1000000"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()[0]
+    assert message.startswith("make setup: ") and f"GiB free in {tmp_path}," in message
+    assert f"a new {venv} needs about 1000000 GiB" in message and "set VENV=" in message
+    assert not venv.parent.exists()  # nothing half-installed is left behind
