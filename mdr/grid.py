@@ -19,10 +19,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mdr.config import ConfigError, RunConfig, _short_errors, validate_run_config
 
@@ -30,6 +30,18 @@ from mdr.config import ConfigError, RunConfig, _short_errors, validate_run_confi
 PARAMS_DIR = Path(os.environ.get("MDR_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 SPECIAL_KEYS = ("dataset", "method", "image_size")
 MATCH_KEYS = ("table", "dataset", "method", "loss", "regularizer", "backbone")
+
+
+def _distinct(seeds: list[int]) -> list[int]:
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{seeds} repeats seed {', '.join(map(str, repeated))}: a seed names one run, so a repeat "
+                         f"would count that run twice in the mean and spread; list each seed once")
+    return seeds
+
+
+# The seeds a table's cells are trained with: distinct, since each seed is one independent run.
+Seeds = Annotated[list[int], AfterValidator(_distinct)]
 
 
 class Strict(BaseModel):
@@ -58,7 +70,7 @@ class Override(Strict):
 class Profile(Strict):
     name: str
     description: str = ""
-    seeds: list[int] = Field(min_length=1)
+    seeds: Seeds = Field(min_length=1)
     datasets: dict[str, str] = Field(description="logical (paper) dataset -> dataset trained on")
     default_image_size: int = 224
     image_sizes: dict[int, dict[str, Any]] = Field(description="preset name (paper crop size) -> settings")
@@ -119,7 +131,7 @@ class TableDef(Strict):
     fixed: dict[str, Any] = Field(default_factory=dict)
     published: str | None = Field(None, description="the `table` key of paper_results.csv to show beside ours")
     report_epoch: Literal["best", "final"] = "best"
-    seeds: list[int] | None = None
+    seeds: Seeds | None = None
     note: str = ""
 
     @model_validator(mode="after")

@@ -1,20 +1,37 @@
 """Atomic file writes: a stage writes to a temporary name and renames at the end, so an interrupted
-stage never leaves a half-written output that a rerun would trust (DESIGN.md principle 2)."""
+stage never leaves a half-written output that a rerun would trust (DESIGN.md principle 2). And reading
+back what a stage wrote, with one message naming a damaged file instead of a parser's traceback."""
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
+
+
+class DamagedFileError(RuntimeError):
+    """A file that an earlier stage wrote cannot be read back; the message names it and the way out."""
+
+
+def _create_temp(path: Path) -> Path:
+    """A new empty file beside `path`. Created with mode 0666 so the kernel applies the umask, as for any
+    other file the user writes (tempfile.mkstemp would make it 0600 and the renamed output unreadable to
+    the user's group)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """`write(tmp)` writes a temporary file beside `path` (same filesystem), which then replaces `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_temp(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -30,3 +47,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_json(path: str | os.PathLike, remedy: str) -> Any:
+    """The JSON document in `path`; a damaged one raises DamagedFileError naming it, ending with `remedy`
+    (what rewrites the file)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"{path} is damaged (not valid JSON: {e}); {remedy}") from None

@@ -138,3 +138,10 @@ def test_table_layout_must_name_every_axis(params):
 def test_unknown_profile():
     with pytest.raises(ConfigError, match=r"unknown profile 'smoek'; allowed: paper, smoke"):
         load_grid("smoek")
+
+
+@pytest.mark.parametrize("where,key", [("profiles/smoke.yaml", "seeds"), ("tables/figure3.yaml", "seeds")])
+def test_a_repeated_seed_is_rejected_naming_the_file_and_key(params, where, key):
+    _edit(params / where, lambda d: d.update({key: [0, 1, 0]}))
+    with pytest.raises(ConfigError, match=rf"{where}: {key}: \[0, 1, 0\] repeats seed 0: .*list each seed once"):
+        load_grid("smoke", params)
