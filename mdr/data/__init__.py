@@ -40,26 +40,34 @@ def prepare_dataset(
 
     recipe = get_dataset(name)
     out = prepared_dir(data_root, name, image_size)
-    if (out / "READY").exists():
-        try:
-            ds = PreparedDataset.load(out)
-        except (OSError, ValueError):
-            ds = None
-        if ds is not None and meta_matches(ds.meta, recipe, image_size):
-            return ds
+    ds = _usable(out, recipe, image_size, quiet=True)
+    if ds is not None:
+        return ds
     raw = raw_dir(data_root, name)
     with _lock(out.with_name(f".{out.name}.lock")):
         # Another process may have finished the same work while this one waited for the lock.
-        if (out / "READY").exists():
-            try:
-                ds = PreparedDataset.load(out)
-                if meta_matches(ds.meta, recipe, image_size):
-                    return ds
-            except (OSError, ValueError):
-                pass
+        ds = _usable(out, recipe, image_size, quiet=False)
+        if ds is not None:
+            return ds
         if fetch:
             _call(recipe.fetch, raw, progress=progress)
         return _call(recipe.prepare, raw, out, image_size, progress=progress)
+
+
+def _usable(out: Path, recipe: "DatasetRecipe", image_size: int, quiet: bool) -> "PreparedDataset | None":
+    """The prepared copy at `out` if it is intact and current, else None (it is then prepared again).
+    A damaged copy is said so on stderr (unless `quiet`: the caller checks again under the lock)."""
+    from .prepared import PreparedDataset, PreparedDatasetDamagedError
+
+    if not (out / "READY").exists():
+        return None
+    try:
+        ds = PreparedDataset.load(out)
+    except PreparedDatasetDamagedError as e:
+        if not quiet:
+            print(f"prepared dataset {e.root} is damaged ({e.fault}); preparing it again", file=sys.stderr)
+        return None
+    return ds if meta_matches(ds.meta, recipe, image_size) else None
 
 
 @contextmanager

@@ -8,7 +8,8 @@ A prepared dataset is a folder with
                 start from), row i = manifest index i; read through a memory map, so a 120k-image
                 dataset costs no RAM up front and no JPEG decoding during training
   meta.json     name, image_size, counts per split, sha256 of the source files, format version
-  READY         written last: a folder without it is half-prepared and is never trusted
+  READY         written last: a folder without it is half-prepared and is never trusted; it records the
+                sizes and hashes it certifies (ready.py), checked on every load
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import ready
+
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["index", "path", "label", "class_id", "class_name", "split"]
 SPLITS = ("train", "test", "query", "gallery")
@@ -29,6 +32,22 @@ SPLITS = ("train", "test", "query", "gallery")
 
 class DatasetNotPreparedError(FileNotFoundError):
     pass
+
+
+class PreparedDatasetDamagedError(DatasetNotPreparedError):
+    """A folder with READY whose files are not what READY certifies (truncated, replaced, unreadable)."""
+
+    def __init__(self, root: Path, fault: str):
+        super().__init__(f"prepared dataset {root} is damaged although READY is present: {fault}. "
+                         f"Run `{prepare_command(root)}` to rebuild it (the raw files are reused)")
+        self.root, self.fault = root, fault
+
+
+def prepare_command(root: Path) -> str:
+    """The command that (re)builds the prepared folder `<data_root>/prepared/<name>-<size>px`."""
+    name, _, size = root.name.rpartition("-")
+    return (f"python -m pipeline prepare {name} --image-size {size.removesuffix('px')} "
+            f"--data-root {root.parent.parent}")
 
 
 @dataclass
@@ -43,10 +62,16 @@ class PreparedDataset:
         if not (root / "READY").exists():
             raise DatasetNotPreparedError(
                 f"prepared dataset {root} is missing or incomplete (no READY marker); "
-                f"run `python -m pipeline prepare {root.name}` (or the pipeline's prepare stage) first"
+                f"run `{prepare_command(root)}` (or the pipeline's prepare stage) first"
             )
-        manifest = pd.read_csv(root / "manifest.csv", dtype={"path": str, "class_name": str, "split": str})
-        meta = json.loads((root / "meta.json").read_text())
+        try:
+            manifest = pd.read_csv(root / "manifest.csv", dtype={"path": str, "class_name": str, "split": str})
+            meta = json.loads((root / "meta.json").read_text())
+            fault = ready.problem(root, rows=len(manifest))
+        except (ValueError, OSError, pd.errors.ParserError) as e:  # ParserError, JSONDecodeError are ValueErrors
+            fault = f"manifest.csv or meta.json cannot be read ({type(e).__name__}: {' '.join(str(e).split())})"
+        if fault is not None:
+            raise PreparedDatasetDamagedError(root, fault)
         return cls(root, manifest, meta)
 
     @property
@@ -111,7 +136,7 @@ def write_prepared(
         "classes": {s: int(manifest.loc[manifest["split"] == s, "label"].nunique()) for s in sorted(counts)},
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    (tmp / "READY").write_text("ok\n")
+    ready.write_ready(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -1,0 +1,250 @@
+"""Builders of small fake datasets in each dataset's real layout and annotation files (shared by tests/data).
+
+Each fake image is a solid colour derived from its (split-independent) id, so the tests can check that
+row i of images.npy is the image named by manifest row i.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mdr.data.prepared import PreparedDataset
+from mdr.data.recipes import cars196
+
+SIZE = 16
+
+
+def colour(key: int) -> tuple[int, int, int]:
+    return (40 + (key * 37) % 180, 40 + (key * 91) % 180, 40 + (key * 53) % 180)
+
+
+def jpeg(key: int, w: int = 24, h: int = 18, mode: str = "RGB") -> bytes:
+    img = Image.new("RGB", (w, h), colour(key))
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def add(tar_or_zip, name: str, data: bytes) -> None:
+    if isinstance(tar_or_zip, zipfile.ZipFile):
+        tar_or_zip.writestr(name, data)
+    else:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar_or_zip.addfile(info, io.BytesIO(data))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_images(ds: PreparedDataset, key_of_path) -> None:
+    """Every cached row has the colour of the image its manifest row names."""
+    images = ds.images()
+    assert images.shape == (len(ds.manifest), SIZE, SIZE, 3) and images.dtype == np.uint8
+    for i, path in enumerate(ds.manifest["path"]):
+        got = images[i].reshape(-1, 3).mean(0)
+        assert np.abs(got - np.array(colour(key_of_path(path)))).max() < 6, (i, path)
+
+
+def no_half_prepared(out: Path) -> None:
+    assert not out.exists()
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+# ------------------------------------------------------------------------------------------------ CUB
+
+CUB_CLASSES = {1: "001.Black_footed_Albatross", 2: "002.Laysan_Albatross", 101: "101.White_Pelican",
+               200: "200.Common_Yellowthroat"}
+
+
+def make_cub(path: Path, per_class: int = 3, skip: str = "", corrupt_id: int | None = None) -> Path:
+    """CUB_200_2011.tgz with the real layout: images/<class>/<file>.jpg and the id files."""
+    images, labels, split = [], [], []
+    all_classes = {c: CUB_CLASSES.get(c, f"{c:03d}.Bird_{c}") for c in range(1, 201)}
+    image_id = 0
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "attributes.txt", b"1 has_bill_shape::curved\n")
+        for cls, cname in CUB_CLASSES.items():
+            for k in range(per_class):
+                image_id += 1
+                rel = f"{cname}/{cname.split('.', 1)[1]}_{k:04d}_{image_id}.jpg"
+                images.append(f"{image_id} {rel}")
+                labels.append(f"{image_id} {cls}")
+                split.append(f"{image_id} {k % 2}")
+                data = b"\xff\xd8 this is not a jpeg" if image_id == corrupt_id else jpeg(image_id)
+                add(tar, f"CUB_200_2011/images/{rel}", data)
+        files = {
+            "images.txt": "\n".join(images) + "\n",
+            "image_class_labels.txt": "\n".join(labels) + "\n",
+            "classes.txt": "".join(f"{c} {n}\n" for c, n in all_classes.items()),
+            "train_test_split.txt": "\n".join(split) + "\n",
+            "bounding_boxes.txt": "",
+        }
+        for name, text in files.items():
+            if name != skip:
+                add(tar, f"CUB_200_2011/{name}", text.encode())
+    return path
+
+
+def cub_key(path: str) -> int:
+    return int(path.rsplit("_", 1)[1].split(".")[0])
+
+
+def _mat_struct(fields: list[str], rows: list[tuple]) -> np.ndarray:
+    arr = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
+    for k, row in enumerate(rows):
+        arr[0, k] = tuple(v if isinstance(v, str) else np.array([[v]], dtype=np.uint16) for v in row)
+    return arr
+
+
+def _class_names(n: int = 196) -> np.ndarray:
+    names = np.empty((1, n), dtype=object)
+    names[0, :] = [f"Make{i} Model{i} Sedan 2012" for i in range(1, n + 1)]
+    names[0, 10] = "Ram C/V Cargo Van Minivan 2012"  # class 11: a '/' in the name, as in the real list
+    return names
+
+
+CARS = [(1, 0), (1, 1), (2, 0), (11, 1), (99, 1), (99, 0), (196, 0), (150, 1)]  # (class, classification test flag)
+
+
+def make_cars_annos(raw: Path) -> None:
+    """car_ims.tgz + cars_annos.mat (relative_im_path, bbox_*, class, test; class_names)."""
+    from scipy.io import savemat
+
+    raw.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tarfile.open(raw / "car_ims.tgz", "w:gz") as tar:
+        for k, (cls, test) in enumerate(CARS, start=1):
+            add(tar, f"car_ims/{k:06d}.jpg", jpeg(k))
+            rows.append((f"car_ims/{k:06d}.jpg", 10, 20, 200, 100, cls, test))
+    fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
+    savemat(raw / "cars_annos.mat", {"annotations": _mat_struct(fields, rows), "class_names": _class_names()})
+
+
+def make_cars_classification(raw: Path) -> None:
+    """cars_train.tgz, cars_test.tgz, car_devkit.tgz (devkit/...), cars_test_annos_withlabels.mat."""
+    from scipy.io import savemat
+
+    raw.mkdir(parents=True, exist_ok=True)
+    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
+    train = [(c, k) for k, (c, t) in enumerate(CARS, start=1) if not t]
+    test = [(c, k) for k, (c, t) in enumerate(CARS, start=1) if t]
+    mats = {}
+    for part, items in (("train", train), ("test", test)):
+        with tarfile.open(raw / f"cars_{part}.tgz", "w:gz") as tar:
+            rows = []
+            for n, (cls, key) in enumerate(items, start=1):
+                add(tar, f"cars_{part}/{n:05d}.jpg", jpeg(key))
+                rows.append((1, 2, 3, 4, cls, f"{n:05d}.jpg"))
+            mats[part] = _mat_struct(fields, rows)
+    savemat(raw / "cars_test_annos_withlabels.mat", {"annotations": mats["test"]})
+    devkit = raw / "devkit_src"
+    devkit.mkdir()
+    savemat(devkit / "cars_meta.mat", {"class_names": _class_names()})
+    savemat(devkit / "cars_train_annos.mat", {"annotations": mats["train"]})
+    with tarfile.open(raw / "car_devkit.tgz", "w:gz") as tar:
+        for f in ("cars_meta.mat", "cars_train_annos.mat"):
+            add(tar, f"devkit/{f}", (devkit / f).read_bytes())
+        add(tar, "devkit/README.txt", b"This file gives documentation for the cars 196 dataset.\n")
+    for f in devkit.iterdir():
+        f.unlink()
+    devkit.rmdir()
+
+
+def make_cars_kaggle(raw: Path) -> None:
+    names = [str(n) for n in _class_names()[0]]
+    base = raw / "car_data" / "car_data"
+    for k, (cls, test) in enumerate(CARS, start=1):
+        folder = base / ("test" if test else "train") / names[cls - 1].replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{k:05d}.jpg").write_bytes(jpeg(k))
+    (raw / "names.csv").write_text("\n".join(names) + "\n")
+
+
+def use_fake_cars_hashes(raw: Path, monkeypatch) -> None:
+    """Point the recipe's hashes at the fakes (the real ones are for the real files)."""
+    for attr in ("SOURCES_ANNOS", "SOURCES_CLASSIFICATION"):
+        new = [dataclasses.replace(s, sha256=sha(raw / s.filename) if (raw / s.filename).exists() else s.sha256,
+                                   md5=None, size=None) for s in getattr(cars196, attr)]
+        monkeypatch.setattr(cars196, attr, new)
+
+
+def cars_key_annos(path: str) -> int:
+    return int(Path(path).stem)
+
+
+SOP_SUPER = ["bicycle_final", "cabinet_final", "chair_final"]
+
+
+def make_sop(path: Path, n_train_classes: int = 4, n_test_classes: int = 3) -> dict[str, int]:
+    """Stanford_Online_Products.zip with Ebay_{info,train,test}.txt and super-class folders (.JPG)."""
+    lines = {"train": [], "test": []}
+    keys = {}
+    image_id = 0
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls in range(1, n_train_classes + n_test_classes + 1):
+            split = "train" if cls <= n_train_classes else "test"
+            sup = 1 + cls % len(SOP_SUPER)
+            product = 111000000000 + cls * 7
+            for k in range(2 + cls % 2):
+                image_id += 1
+                rel = f"{SOP_SUPER[sup - 1]}/{product}_{k}.JPG"
+                zf.writestr(f"Stanford_Online_Products/{rel}", jpeg(image_id, 30, 20))
+                lines[split].append(f"{image_id} {cls} {sup} {rel}")
+                keys[rel] = image_id
+        header = "image_id class_id super_class_id path\n"
+        for split in ("train", "test"):
+            zf.writestr(f"Stanford_Online_Products/Ebay_{split}.txt", header + "\n".join(lines[split]) + "\n")
+        zf.writestr("Stanford_Online_Products/Ebay_info.txt", header)
+    return keys
+
+
+def make_inshop(raw: Path) -> dict[str, int]:
+    """img.zip (img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_N_view.jpg) + list_eval_partition.txt."""
+    raw.mkdir(parents=True, exist_ok=True)
+    plan = [(1, "train", 3), (2, "train", 2), (7, "test", 3), (9, "test", 4)]
+    rows, keys, key = [], {}, 0
+    with zipfile.ZipFile(raw / "img.zip", "w") as zf:
+        for item, part, n in plan:
+            gender, cat = ("WOMEN", "Dresses") if item % 2 else ("MEN", "Denim")
+            for k in range(n):
+                key += 1
+                rel = f"img/{gender}/{cat}/id_{item:08d}/{k + 1:02d}_{k % 4 + 1}_{['front', 'side', 'back', 'full'][k % 4]}.jpg"
+                zf.writestr(rel, jpeg(key, 16, 24))
+                status = part if part == "train" else ("query" if k % 2 == 0 else "gallery")
+                rows.append(f"{rel}           id_{item:08d}  {status}")
+                keys[rel] = key
+    (raw / "list_eval_partition.txt").write_text(
+        f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
+    return keys
+
+
+def make_cifar(path: Path, per_batch: int = 6) -> None:
+    """cifar-10-python.tar.gz: cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} pickles."""
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    key = 0
+    with tarfile.open(path, "w:gz") as tar:
+        for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            data, labels = [], []
+            for k in range(per_batch):
+                key += 1
+                img = np.zeros((3, 32, 32), np.uint8) + np.array(colour(key), np.uint8)[:, None, None]
+                data.append(img.reshape(-1))
+                labels.append(k % 10 if batch != "test_batch" else (k * 5) % 6)
+            d = {b"batch_label": batch.encode(), b"labels": labels, b"data": np.stack(data),
+                 b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
+            add(tar, f"cifar-10-batches-py/{batch}", pickle.dumps(d, protocol=2))
+        add(tar, "cifar-10-batches-py/batches.meta",
+            pickle.dumps({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, protocol=2))
+        add(tar, "cifar-10-batches-py/readme.html", b"<html></html>")
