@@ -3,6 +3,7 @@
 #   snakemake --cores 8 --config profile=paper   # the authors' protocol on the four datasets (GPU)
 # Stages: prepare -> train -> evaluate -> aggregate -> report; each is `python -m pipeline <stage>`.
 import json
+import math
 import os
 import sys
 
@@ -35,6 +36,13 @@ def names_regex(kind):
 def prepared_marker(run):
     c = GRID.runs[run].config.data
     return str(prepared_dir(c.root, c.dataset, c.image_size) / "READY")
+
+
+def run_minutes(config):
+    # a job's wall-time limit on a cluster (SLURM's --time): the run's iterations at the profile's rate
+    # (its resources.minutes_per_1000_iterations, evaluations included), plus 10 minutes of start-up
+    iterations = config.train.epochs * config.train.iterations_per_epoch
+    return math.ceil(iterations / 1000 * RES.get("minutes_per_1000_iterations", 10)) + 10
 
 
 def table_metrics(wildcards):
@@ -89,6 +97,7 @@ rule train:
     resources:
         mem_mb=RES.get("mem_mb", 4000),
         gpu=RES.get("gpu", 0),
+        runtime=lambda w: run_minutes(GRID.runs[w.run].config),
     shell:
         "{PY} -m pipeline train --profile {PROFILE} --run {wildcards.run} --no-bars"
 
@@ -169,12 +178,13 @@ rule track:
 from mdr.grid import PARAMS_DIR, tuned_file
 from mdr.tuning import load_tuning, method_config, method_for
 
-TUNING = load_tuning()
-TUNE_SETTINGS = TUNING.profiles.get(PROFILE)
-
-
-TUNED_REGULARIZER = method_config(PROFILE, TUNE_SETTINGS.tune[0], TUNING.method, 0)[1]["regularizer"] if (
-    TUNE_SETTINGS and TUNE_SETTINGS.tune) else "mdr"
+try:
+    TUNING = load_tuning()
+    TUNE_SETTINGS = TUNING.profiles.get(PROFILE)
+    TUNED_REGULARIZER = method_config(PROFILE, TUNE_SETTINGS.tune[0], TUNING.method, 0)[1]["regularizer"] if (
+        TUNE_SETTINGS and TUNE_SETTINGS.tune) else "mdr"
+except ConfigError as error:
+    sys.exit(f"error: {error}")
 
 
 def tune_prepared_marker(wildcards):
@@ -206,6 +216,9 @@ rule tune:
     resources:
         mem_mb=RES.get("mem_mb", 4000),
         gpu=RES.get("gpu", 0),
+        # every trial at most a full run (pruned ones stop early)
+        runtime=lambda w: TUNE_SETTINGS.n_trials * run_minutes(
+            method_config(PROFILE, w.dataset, method_for(w.regularizer), 0)[0]),
     shell:
         "{PY} -m pipeline tune --profile {PROFILE} --dataset {wildcards.dataset} --method {params.method} --no-bars"
 

@@ -17,7 +17,8 @@ parameters are tried again).
 Faults: a trial whose loss diverges (NaN/inf) or that runs out of memory is marked FAIL with a
 `failure` user attribute, its MLflow run is FAILED, and the study goes on. Ctrl-C (or SIGTERM via the
 command) marks the running trial FAIL + `interrupted`; a worker killed outright leaves a RUNNING trial
-that the next start on this host marks the same way. Finished trials are never lost: each is in the
+that the next start on this host (or the parent of local workers) marks the same way, and its MLflow run
+KILLED. Finished trials are never lost: each is in the
 store the moment it ends. Any other error in a trial marks it FAIL and stops the study (a bug or a
 setup problem would fail every trial alike).
 """
@@ -114,11 +115,23 @@ def load_tuning(params_dir: Path = PARAMS_DIR) -> TuningSpec:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (the tuning settings)") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(yaml_error(path, e)) from None
     try:
         return TuningSpec.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{path}: {_short_errors(e)}") from None
+
+
+def yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """One line: the file, the line and column of the fault, and what is wrong there."""
+    mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    if context is not None and mark is not None and getattr(e, "context", None):
+        # an unclosed bracket or quote is found lines later: point at where it was opened
+        what = f"{e.context} opened here: {what} at line {mark.line + 1}, column {mark.column + 1}"
+        mark = context
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    return f"{where}: not valid YAML ({what}); fix the file there"
 
 
 def method_for(regularizer: str, params_dir: Path = PARAMS_DIR) -> str:
@@ -459,6 +472,36 @@ def fail_orphaned_trials(study: Any) -> list[int]:
     return failed
 
 
+def close_orphaned_mlflow_runs(ctx: "TuningContext", study: Any) -> list[int]:
+    """The MLflow runs of trials that are no longer RUNNING in the study but were left RUNNING in MLflow (their
+    worker was killed before it could end them): ended as KILLED (interrupted) or FAILED, like TrialTracker
+    would have. Guarded: MLflow trouble never stops the study."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from mdr.tracking import init_store, tracking_uri
+
+        client = MlflowClient(tracking_uri=tracking_uri())
+        exp_id = init_store(ctx.experiment)
+        left = client.search_runs([exp_id], filter_string=f"tags.study = '{ctx.study_name}' and attributes.status = 'RUNNING'")
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        closed = []
+        for run in left:
+            t = trials.get(int(run.data.tags.get("trial", -1)))
+            if t is None or _state(t) in ("RUNNING", "WAITING"):
+                continue
+            state = "INTERRUPTED" if is_interrupted(t) else _state(t)
+            client.set_tag(run.info.run_id, "optuna_state", _state(t))
+            if t.user_attrs.get("failure"):
+                client.set_tag(run.info.run_id, "failure", str(t.user_attrs["failure"])[:5000])
+            client.set_terminated(run.info.run_id, status=TrialTracker.STATUS.get(state, "FAILED"))
+            closed.append(t.number)
+        return closed
+    except Exception as e:
+        warnings.warn(f"MLflow runs of killed trials could not be ended: {type(e).__name__}: {e}", stacklevel=2)
+        return []
+
+
 def requeue_interrupted(study: Any) -> list[int]:
     """Enqueue the parameters of interrupted trials not yet retried, so an interruption loses no point of
     the search. Called once per start (by the parent when several local workers run)."""
@@ -764,6 +807,8 @@ def tune(profile: str, dataset: str, *, n_trials: int | None = None, storage: st
     orphaned = fail_orphaned_trials(study)
     if orphaned:
         say(f"[{ctx.study_name}] trials {orphaned} were left running by a killed worker: marked FAIL (interrupted)")
+    if tracking:
+        close_orphaned_mlflow_runs(ctx, study)
     requeued = requeue_interrupted(study)
     if requeued:
         say(f"[{ctx.study_name}] interrupted trials {requeued}: their parameters are queued again")
@@ -788,6 +833,10 @@ def tune(profile: str, dataset: str, *, n_trials: int | None = None, storage: st
         worker_errors = _run_workers(ctx, n_total, remaining, workers, train_fn, tracking, echo_epochs, say)
     seconds = time.perf_counter() - started
     study = open_study(ctx, create=False)
+    if worker_errors:  # a worker killed outright left its trial RUNNING: mark it now, in Optuna and MLflow
+        fail_orphaned_trials(study)
+    if tracking:
+        close_orphaned_mlflow_runs(ctx, study)
     ran = len(_finished_numbers(study) - before)
     result = TuneResult(study, trial_counts(study), seconds=seconds, trials_run=ran)
     if ran:

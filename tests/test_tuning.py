@@ -251,14 +251,20 @@ def test_an_interrupted_study_resumes_keeping_finished_trials(params, tmp_path):
     assert trials[3].user_attrs["retry_of"] == 2 and trials[3].params == trials[2].params  # same point again
 
 
-def test_a_trial_left_running_by_a_killed_worker_is_marked_and_retried(params):
-    ctx = make_context("tiny", "cub200", params)
-    study = open_study(ctx)
+def _orphaned_trial(study):
+    """A RUNNING trial whose worker (a process on this host) has ended, as a killed worker leaves it."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan = study.ask()
     orphan.suggest_int("num_levels", low=2, high=5)
     orphan.set_user_attr("worker", {"host": __import__("socket").gethostname(), "pid": dead.pid})
+    return orphan
+
+
+def test_a_trial_left_running_by_a_killed_worker_is_marked_and_retried(params):
+    ctx = make_context("tiny", "cub200", params)
+    study = open_study(ctx)
+    _orphaned_trial(study)
     result = tune("tiny", "cub200", n_trials=2, params_dir=params, echo=None, tracking=False, train_fn=FakeTrain())
     first = result.study.trials[0]
     assert first.state.name == "FAIL" and first.user_attrs["interrupted"]
@@ -384,3 +390,31 @@ def test_a_stale_journal_lock_left_by_a_killed_worker_is_reported_and_broken(par
     with pytest.warns(UserWarning, match=r"cub200\.journal\.lock is a stale lock"):
         result = tune("tiny", "cub200", n_trials=1, params_dir=params, echo=None, tracking=False, train_fn=FakeTrain())
     assert result.counts["complete"] == 1 and not lock.exists()
+
+
+def test_the_mlflow_run_of_a_trial_left_running_by_a_killed_worker_is_ended_as_killed(params):
+    from mdr.tuning import TrialTracker
+
+    ctx = make_context("tiny", "cub200", params)
+    study = open_study(ctx)
+    orphan = _orphaned_trial(study)
+    tracker = TrialTracker(ctx, orphan.number)  # what the killed worker had logged before it died
+    tracker.start(trial_config(ctx, {}), {"num_levels": 2})
+    assert [r.info.status for r in _mlflow_runs(f"mdr-{ctx.experiment}")] == ["RUNNING"]
+    tune("tiny", "cub200", n_trials=2, params_dir=params, echo=None, tracking=True, train_fn=FakeTrain())
+    runs = {r.data.tags["trial"]: r for r in _mlflow_runs(f"mdr-{ctx.experiment}")}
+    assert runs["0"].info.status == "KILLED" and runs["0"].data.tags["optuna_state"] == "FAIL"
+    assert "ended during the trial" in runs["0"].data.tags["failure"]
+    assert all(r.info.status == "FINISHED" for n, r in runs.items() if n != "0")
+
+
+def test_a_yaml_syntax_error_in_tuning_yaml_names_the_file_and_line(params):
+    (params / "tuning.yaml").write_text("method: Triplet+MDR\nsearch_spaces:\n  mdr: [unclosed\nprofiles: {}\n")
+    from mdr.config import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        load_tuning(params)
+    message = str(raised.value)
+    assert message.startswith(f"{params / 'tuning.yaml'}:3:8: not valid YAML (while parsing a flow sequence opened "
+                              "here: expected ',' or ']', but got ':' at line 4, column 9)")
+    assert "\n" not in message

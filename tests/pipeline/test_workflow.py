@@ -147,3 +147,15 @@ def test_paper_profile_dry_run_lists_every_job(tmp_path):
     assert counts["train"] == counts["evaluate"] == len(grid.runs)
     assert counts["prepare"] == len(grid.datasets())  # cub200, cars196, sop, inshop at 256 and 292 px
     assert counts["aggregate_table"] + counts["aggregate_figure"] == len(grid.tables)
+
+
+def test_a_yaml_syntax_error_in_tuning_yaml_stops_snakemake_in_one_line_naming_file_and_line(tmp_path):
+    params = tiny_params(tmp_path / "params")
+    text = (params / "tuning.yaml").read_text().splitlines()
+    text.insert(1, "broken: [unclosed")
+    (params / "tuning.yaml").write_text("\n".join(text) + "\n")
+    result = run(SNAKEMAKE + ["-n", "--cores", "1", "-d", str(tmp_path)], tmp_path)
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert err.startswith(f"error: {params / 'tuning.yaml'}:2:9: not valid YAML (while parsing a flow sequence"), err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
