@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mdr.comparisons import Comparison, check as check_comparisons
 from mdr.config import ConfigError, RunConfig, _short_errors, validate_run_config
 
 # $MDR_PARAMS points the whole pipeline at another params folder (tests, private experiments).
@@ -133,6 +134,7 @@ class TableDef(Strict):
     report_epoch: Literal["best", "final"] = "best"
     seeds: Seeds | None = None
     note: str = ""
+    comparisons: list[Comparison] = Field(default_factory=list, description="published claims tested over seeds (mdr/comparisons.py)")
 
     @model_validator(mode="after")
     def _layout(self) -> "TableDef":
@@ -142,6 +144,7 @@ class TableDef(Strict):
         placed = self.rows + self.columns
         if sorted(placed) != sorted(names):
             raise ValueError(f"rows + columns {placed} must name every axis exactly once; axes are {sorted(names)}")
+        check_comparisons(self)
         return self
 
     def axis(self, name: str) -> Axis:

@@ -37,6 +37,11 @@ def report_file(profile: str) -> Path:
     return results_dir(profile) / "REPORT.md"
 
 
+def comparisons_file(profile: str) -> Path:
+    """Every table's published comparisons with our difference, CI, p-value and verdict (the report stage)."""
+    return results_dir(profile) / "comparisons.csv"
+
+
 def tracking_ready(profile: str) -> Path:
     return RUNS / profile / ".tracking-ready"
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mdr import layout
+from mdr import layout, stats
+from mdr.comparisons import expand
 from mdr.grid import Cell, Grid, Table
 
 NOT_RUN = "not run"
@@ -231,8 +232,95 @@ def runs_summary(grid: Grid, runs_root: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+# A pair whose published numbers are equal (read off a chart) makes no directional claim to test.
+NO_CLAIM = "no claim (published tie)"
+
+
+def comparison_table(grid: Grid, name: str, runs_root: Path | None = None) -> pd.DataFrame:
+    """One row per declared comparison (mdr/comparisons.py) of the table: our difference over seeds with its
+    95% CI, p-value and test (mdr/stats.py), the published difference, and the verdict."""
+    table = grid.tables[name]
+    definition = table.definition
+    pub = published_results()
+    metrics: dict[str, dict[str, Any] | None] = {}  # run id -> metrics.json, read once per run
+
+    def per_seed(cell: Cell, metric: str) -> dict[int, float]:
+        values = {}
+        for rid in cell.run_ids:
+            if rid not in metrics:
+                metrics[rid] = load_metrics(grid.profile.name, rid, runs_root)
+            result = metrics[rid]
+            if result is not None and metric in result[definition.report_epoch]:
+                scale = 1.0 if metric in RAW_METRICS else 100.0
+                values[grid.runs[rid].config.seed] = scale * result[definition.report_epoch][metric]
+        return values
+
+    records = []
+    for pair in expand(table):
+        first_pub, _ = _published_value(pub, definition.published, pair.first, pair.metric)
+        second_pub, _ = _published_value(pub, definition.published, pair.second, pair.metric)
+        published = first_pub is not None and second_pub is not None
+        sign = int(np.sign(first_pub - second_pub)) if published else 1  # unpublished: first > second, as declared
+        d = stats.difference(per_seed(pair.first, pair.metric), per_seed(pair.second, pair.metric))
+        records.append({
+            "table": name, **pair.held, "where": pair.where, "axis": pair.axis,
+            "first": pair.first.labels[pair.axis], "second": pair.second.labels[pair.axis], "metric": pair.metric,
+            "claim": "published" if published else "declared",
+            "published_first": first_pub, "published_second": second_pub, "published_sign": sign,
+            "mean_first": d.mean_first, "mean_second": d.mean_second, "diff": d.diff,
+            "ci_low": d.low, "ci_high": d.high, "p": d.p, "test": d.test, "n": d.n,
+            "verdict": stats.verdict(d, sign) if sign else NO_CLAIM,
+            "runs_first": " ".join(pair.first.run_ids), "runs_second": " ".join(pair.second.run_ids),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _signed(x: float) -> str:
+    return "—" if pd.isna(x) else f"{x:+.1f}"
+
+
+def _claim(r: Any) -> str:
+    if r.claim == "declared":
+        return "> (declared)"
+    if not r.published_sign:
+        return f"tie ({r.published_first:.1f} = {r.published_second:.1f})"
+    return f"{r.published_first - r.published_second:+.1f} ({r.published_first:.1f} vs {r.published_second:.1f})"
+
+
+def _p(p: float) -> str:
+    return "—" if pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def verdict_counts(df: pd.DataFrame) -> str:
+    counts = df["verdict"].value_counts()
+    text = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in stats.VERDICTS)
+    return text + (f" ({int(counts[NO_CLAIM])} without a published direction)" if NO_CLAIM in counts else "")
+
+
+def verdicts_markdown(df: pd.DataFrame) -> list[str]:
+    """The table's comparisons as Markdown rows: published difference, ours with its CI, p, test, verdict."""
+    lines = ["| where | first − second | metric | paper | ours [95% CI] | p | test (n) | verdict |", "|" + "---|" * 8]
+    for r in df.itertuples():
+        ours = f"{_signed(r.diff)} [{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
+        verdict = f"**{r.verdict}**" if r.verdict in (stats.REPRODUCED, stats.CONTRADICTED) else r.verdict
+        lines.append(f"| {r.where} | {r.first} − {r.second} | {_metric_label(r.metric)} | {_claim(r)} | {ours} "
+                     f"| {_p(r.p)} | {r.test} ({r.n}) | {verdict} |")
+    return lines
+
+
+VERDICTS_INTRO = (
+    "Every published comparison a table implies (declared under `comparisons:` in params/tables/), as a "
+    "difference first − second in points of the metric, mean over seeds, with its 95% confidence interval "
+    f"and two-sided p-value: a {stats.PAIRED} test on the per-seed differences when the two share seeds "
+    f"(runs of one seed share initialisation and batch order), {stats.WELCH} test (unequal variances) otherwise; "
+    "n = pairs, or the two sizes. **reproduced**: the published sign, p < 0.05; **contradicted**: the opposite "
+    "sign, p < 0.05; not resolved: not significant at this n. The direction is the published difference, or "
+    "first > second where the paper gives no number (marked declared). Each comparison is tested on its own "
+    "(no multiple-comparison correction), so about one in twenty true nulls comes out significant by chance.")
+
+
 def reading(grid: Grid, name: str, df: pd.DataFrame) -> list[str]:
-    """A short automatic reading: per column group, the ranking of rows by the first metric, ours vs paper."""
+    """Per column group, the ranking of rows by the first metric, ours beside the paper's (descriptive)."""
     definition = grid.tables[name].definition
     if df.empty:
         return []
@@ -251,11 +339,8 @@ def reading(grid: Grid, name: str, df: pd.DataFrame) -> list[str]:
         text = f"- {where}, {_metric_label(first)}: ours " + " > ".join(
             f"{r.label} ({r.mean:.1f})" for r in ours.itertuples())
         paper = g.assign(label=label).dropna(subset=["published"]).sort_values("published", ascending=False)
-        if not paper.empty:
+        if not paper.empty:  # the orderings side by side; whether a difference holds is the verdicts' job
             text += "; paper " + " > ".join(f"{r.label} ({r.published:.1f})" for r in paper.itertuples())
-            same = list(ours["label"]) == list(paper["label"]) if len(paper) == len(ours) else None
-            if same is not None:
-                text += ". Ordering " + ("reproduced." if same else "**not** reproduced.")
         out.append(text)
     return out
 
@@ -274,6 +359,16 @@ def write_report(grid: Grid, runs_root: Path | None = None) -> Path:
         "Every number below is regenerated by `snakemake --cores 8"
         + ("" if profile.name == "smoke" else f" --config profile={profile.name}") + "` from the run folders.", "",
     ]
+    compared = [comparison_table(grid, name, runs_root) for name in grid.tables]
+    verdicts = pd.concat([c for c in compared if not c.empty] or [pd.DataFrame(columns=["table", "verdict"])])
+    atomic_write_text(layout.comparisons_file(profile.name), verdicts.to_csv(index=False, float_format="%.5f"))
+    lines += ["## Verdicts", "", f"{len(verdicts)} comparisons: {verdict_counts(verdicts)}. "
+              f"All of them, with the runs behind each: [{layout.comparisons_file(profile.name).name}]"
+              f"({layout.comparisons_file(profile.name).name}).", "", VERDICTS_INTRO, ""]
+    for name, df in zip(grid.tables, compared):
+        if not df.empty:
+            lines += [f"### {name}: {verdict_counts(df)}", ""] + verdicts_markdown(df) + [""]
+    lines += ["## Tables", ""]
     for name in grid.tables:
         df = aggregate_table(grid, name, runs_root)
         lines += [f"### Reading of {name}", ""] + reading(grid, name, df) + [""]
