@@ -1,4 +1,5 @@
-"""Write results/<profile>/REPORT.md and runs.csv from the tables' runs: `python -m pipeline report --profile smoke`."""
+"""Write results/<profile>/REPORT.md (opening with the verdicts of the published comparisons), comparisons.csv
+and runs.csv from the tables' runs: `python -m pipeline report --profile smoke`."""
 from __future__ import annotations
 
 from pipeline.common import parser, stage
@@ -18,7 +19,7 @@ def main(argv: list[str]) -> int:
     if not args.no_tracking and grid.profile.tracking == "live":  # at_end: the track stage logs them
         from mdr.tracking import log_tables
 
-        files = [path, layout.results_dir(args.profile) / "runs.csv"]
+        files = [path, layout.comparisons_file(args.profile), layout.results_dir(args.profile) / "runs.csv"]
         for name in grid.tables:
             files += list(layout.table_files(args.profile, name, grid.tables[name].definition.kind).values())
         log_tables(args.profile, files)

@@ -143,6 +143,8 @@ def test_the_report_opens_with_the_verdicts_and_writes_them_to_csv(grid, tmp_pat
     assert "### table2b: 2 reproduced, 2 contradicted, 2 not resolved" in report
     assert "| cub200 | Triplet+MDR − Triplet | R@1 | +11.5 (68.8 vs 57.3) | +5.0 [+4.5, +5.5] | < 0.001 | paired t (3) | **reproduced** |" in report
     assert report.index("## Verdicts") < report.index("### Reading of table2b")
+    # the paper's tables (published numbers) before the benchmark's own, each group in the profile's order
+    assert report.index("### table2b:") < report.index("### figure4a:") < report.index("### closedset:")
     with open(tmp_path / "results" / "smoke" / "comparisons.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == total
