@@ -299,7 +299,8 @@ def verdict_counts(df: pd.DataFrame) -> str:
 
 def verdicts_markdown(df: pd.DataFrame) -> list[str]:
     """The table's comparisons as Markdown rows: published difference, ours with its CI, p, test, verdict."""
-    lines = ["| where | first − second | metric | paper | ours [95% CI] | p | test (n) | verdict |", "|" + "---|" * 8]
+    header = f"| where | first − second | metric | paper | ours [{stats.CONFIDENCE:.0%} CI] | p | test (n) | verdict |"
+    lines = [header, "|" + "---|" * 8]
     for r in df.itertuples():
         ours = f"{_signed(r.diff)} [{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
         verdict = f"**{r.verdict}**" if r.verdict in (stats.REPRODUCED, stats.CONTRADICTED) else r.verdict
@@ -310,11 +311,11 @@ def verdicts_markdown(df: pd.DataFrame) -> list[str]:
 
 VERDICTS_INTRO = (
     "Every published comparison a table implies (declared under `comparisons:` in params/tables/), as a "
-    "difference first − second in points of the metric, mean over seeds, with its 95% confidence interval "
+    f"difference first − second in points of the metric, mean over seeds, with its {stats.CONFIDENCE:.0%} confidence interval "
     f"and two-sided p-value: a {stats.PAIRED} test on the per-seed differences when the two share seeds "
     f"(runs of one seed share initialisation and batch order), {stats.WELCH} test (unequal variances) otherwise; "
-    "n = pairs, or the two sizes. **reproduced**: the published sign, p < 0.05; **contradicted**: the opposite "
-    "sign, p < 0.05; not resolved: not significant at this n. The direction is the published difference, or "
+    f"n = pairs, or the two sizes. **reproduced**: the published sign, p < {stats.ALPHA}; **contradicted**: the opposite "
+    f"sign, p < {stats.ALPHA}; not resolved: not significant at this n. The direction is the published difference, or "
     "first > second where the paper gives no number (marked declared). Each comparison is tested on its own "
     "(no multiple-comparison correction), so about one in twenty true nulls comes out significant by chance.")
 
