@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mdr import checkpoint
+from mdr.checkpoint import CheckpointMismatchError  # noqa: F401  (raised here; callers import it from mdr.engine)
 from mdr.config import RunConfig
 from mdr.data.loading import CachedImages, test_transform, train_transform
 from mdr.data.prepared import PreparedDataset
@@ -44,10 +47,6 @@ if TYPE_CHECKING:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the run is stopped and marked failed."""
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A run folder holds a checkpoint of a different configuration."""
 
 
 class Callback(Protocol):
@@ -166,7 +165,10 @@ def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: 
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states, numpy's as plain lists: torch.load(weights_only=True) reads no numpy arrays."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state()}
 
 
 def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True, progress: bool = True,
@@ -178,6 +180,8 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
+    # Before anything else: a damaged or crafted checkpoint is reported before the data is even opened.
+    state = _resume_state(config, run_dir, device) if resume else None
     prepared = load_prepared(config)
     train_rows = training_rows(prepared, config)
     num_classes = int(prepared.manifest["label"].max()) + 1
@@ -185,16 +189,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     parts = build_components(config, num_classes, device)
     model, loss_fn, regularizer = parts.model, parts.loss, parts.regularizer
 
-    checkpoint_path = run_dir / "checkpoint.pt"
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["fingerprint"] != config.fingerprint():
-            raise CheckpointMismatchError(
-                f"{checkpoint_path} belongs to a different configuration (fingerprint {state['fingerprint']}, "
-                f"this run is {config.fingerprint()}); it was kept as is. Move it away to start afresh."
-            )
+    if state is not None:
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         regularizer.load_state_dict(state["regularizer"])
@@ -202,9 +199,11 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
         parts.scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
         if echo:
-            tqdm.write(f"[{run_dir.name}] resuming after epoch {start_epoch} from {checkpoint_path}")
+            tqdm.write(f"[{run_dir.name}] resuming after epoch {start_epoch}")
+        # The checkpoint's history is the truth: this also repairs a damaged or stale history.json.
+        atomic_write_text(run_dir / checkpoint.HISTORY, json.dumps(history, indent=1) + "\n")
     atomic_write_text(run_dir / "config.yaml", config_yaml(config))
-    _write_status(run_dir, "running")
+    write_status(run_dir, "running")
     for cb in callbacks:
         cb.on_train_start(config, run_dir, start_epoch)
 
@@ -249,26 +248,59 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
             if embeddings is not None and epoch + 1 == epochs:
                 embeddings.save(run_dir / FINAL_EMBEDDINGS, epoch=epoch + 1, fingerprint=config.fingerprint())
             if is_best:
-                atomic_torch_save({k: state[k] for k in ("epoch", "fingerprint", "config", "model", "loss", "regularizer")},
-                                  run_dir / "best.pt")
-            atomic_torch_save(state, checkpoint_path)
-            atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1) + "\n")
+                _save_best(state, run_dir)
+            checkpoint.save(state, run_dir)
+            atomic_write_text(run_dir / checkpoint.HISTORY, json.dumps(history, indent=1) + "\n")
             if echo:
                 tqdm.write(f"[{run_dir.name}] " + _epoch_line(config, record, history))
             for cb in callbacks:
                 cb.on_epoch_end(record)
     except BaseException as e:  # KeyboardInterrupt too: the status must say the run did not finish
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        _write_status(run_dir, status, error=f"{type(e).__name__}: {e}")
+        write_status(run_dir, status, error=f"{type(e).__name__}: {e}")
         for cb in callbacks:
             cb.on_train_end(status, None, f"{type(e).__name__}: {e}")
         raise
     best_epoch = _best_epoch(history)
     summary = {"best_epoch": best_epoch, "epochs": epochs}
-    _write_status(run_dir, "finished")
+    write_status(run_dir, "finished")
     for cb in callbacks:
         cb.on_train_end("finished", summary, None)
     return TrainResult(run_dir, history, best_epoch, summary)
+
+
+def _resume_state(config: RunConfig, run_dir: Path, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint to continue from (mdr/checkpoint.py), or None to train from epoch 1. A best.pt that
+    cannot be the history's best epoch is rewritten from the checkpoint when that is the best epoch;
+    otherwise its weights are nowhere else, so the run is trained again from epoch 1 (deterministic)."""
+    fingerprint = config.fingerprint()
+    try:
+        state = checkpoint.resume_state(run_dir, fingerprint, device, _warn)
+        if state is None or not any("recall_at_1" in r for r in state["history"]):
+            return state  # nothing evaluated yet, so no best.pt to have
+        best_epoch, resumed_epoch = _best_epoch(state["history"]), state["epoch"] + 1
+        problem = checkpoint.best_problem(run_dir, fingerprint, device, best_epoch, resumed_epoch)
+    except checkpoint.UnusableCheckpointError as e:
+        write_status(run_dir, "damaged", error=str(e))
+        raise
+    if problem is None:
+        return state
+    if best_epoch == resumed_epoch:
+        _warn(f"{problem}: rewritten from the checkpoint of epoch {best_epoch}")
+        _save_best(state, run_dir)
+        return state
+    _warn(f"{problem}: the weights of epoch {best_epoch} are in no other file, so the run is trained again "
+          f"from epoch 1")
+    return None
+
+
+def _save_best(state: dict[str, Any], run_dir: Path) -> None:
+    atomic_torch_save({k: state[k] for k in ("epoch", "fingerprint", "config") + checkpoint.BEST_KEYS[1:]},
+                      run_dir / checkpoint.BEST)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, epoch: int,
@@ -353,7 +385,7 @@ def config_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def _write_status(run_dir: Path, status: str, error: str | None = None) -> None:
+def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
     payload = {"status": status}
     if error:
         payload["error"] = error

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdr import checkpoint
 from mdr.config import RunConfig
+from mdr.io import DamagedFileError
 from mdr.retrieval import BEST_EMBEDDINGS, FINAL_EMBEDDINGS, Embeddings
 from mdr.runtime import resolve_device, set_threads
 
@@ -24,8 +26,8 @@ def evaluate_run(config: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {"fingerprint": fingerprint}
     embeddings: dict[str, Embeddings] = {}
     model, sets = None, None
-    for which, name, kept in (("final", "checkpoint.pt", FINAL_EMBEDDINGS), ("best", "best.pt", BEST_EMBEDDINGS)):
-        state = _checkpoint(run_dir / name, fingerprint, device)
+    for which, name, kept in (("final", checkpoint.CHECKPOINT, FINAL_EMBEDDINGS), ("best", checkpoint.BEST, BEST_EMBEDDINGS)):
+        state = _checkpoint(run_dir, name, fingerprint, device)
         epoch = out[f"{which}_epoch"] = int(state["epoch"]) + 1
         if which == "final":
             history = state["history"]
@@ -54,11 +56,29 @@ def evaluate_run(config: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def _checkpoint(path: Path, fingerprint: str, device: torch.device) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: train the run first (pipeline train)")
-    state = torch.load(path, map_location=device, weights_only=False)
-    if state["fingerprint"] != fingerprint:
-        raise RuntimeError(f"{path} was trained with another configuration ({state['fingerprint']}, "
-                           f"expected {fingerprint})")
-    return state
+class RunNotTrainedError(DamagedFileError):
+    """A checkpoint that evaluation needs is missing."""
+
+
+# What training again does about each file (mdr.engine.train on resume); the same command repairs both.
+REPAIRS = {checkpoint.CHECKPOINT: f"it goes on from {checkpoint.PREVIOUS} when there is one",
+           checkpoint.BEST: "it rebuilds best.pt"}
+
+
+def _checkpoint(run_dir: Path, name: str, fingerprint: str, device: torch.device) -> dict[str, Any]:
+    """A checkpoint of the run, or an error naming it and the command that repairs it; a damaged or
+    missing one also marks the run "damaged" in status.json, which must not go on saying "finished"."""
+    path = run_dir / name
+    again = checkpoint.train_again(run_dir, REPAIRS[name])
+    keys = checkpoint.CHECKPOINT_KEYS if name == checkpoint.CHECKPOINT else checkpoint.BEST_KEYS
+    try:
+        return checkpoint.load(path, fingerprint, device, keys, again)
+    except FileNotFoundError:
+        error: DamagedFileError = RunNotTrainedError(f"{path} is missing; {again}")
+    except checkpoint.UnusableCheckpointError as e:
+        error = e
+    if (run_dir / "status.json").exists():
+        from mdr.engine import write_status
+
+        write_status(run_dir, "damaged", error=str(error))
+    raise error

@@ -2,7 +2,6 @@
 tsne (Figure 3). Each reads the aggregated table and the run folders and writes one PNG."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mdr import layout  # noqa: E402
+from mdr.checkpoint import read_history  # noqa: E402
 from mdr.grid import Grid  # noqa: E402
 
 FIGURES: dict[str, Callable[[Grid, str, pd.DataFrame, Path, Path | None], dict[str, float]]] = {}
@@ -71,10 +71,9 @@ def curves(grid: Grid, name: str, df: pd.DataFrame, out: Path, runs_root: Path |
     table = grid.tables[name]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, cell in enumerate(table.cells):
-        history_path = _run_folder(grid, cell.run_ids[0], runs_root) / "history.json"
-        if not history_path.exists():
+        history = [r for r in read_history(_run_folder(grid, cell.run_ids[0], runs_root)) if "recall_at_1" in r]
+        if not history:
             continue
-        history = [r for r in json.loads(history_path.read_text()) if "recall_at_1" in r]
         its = [r["iteration"] for r in history]
         label = " / ".join(cell.labels[a] for a in table.definition.rows)
         ax.plot(its, [100 * r["recall_at_1"] for r in history], "-", color=f"C{i}", label=f"{label} test")

@@ -228,7 +228,9 @@ def _rebuild_run(client, exp_id: str, profile: str, folder: Path, existing, extr
         return "unchanged"
     rid = folder.name
     config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
+    from mdr.checkpoint import read_history
+
+    history = read_history(folder)
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else None
     status = json.loads((folder / "status.json").read_text()).get("status") if (folder / "status.json").exists() else None
 

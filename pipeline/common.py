@@ -11,10 +11,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mdr.config import ConfigError
     from mdr.data.prepared import CountMismatchError, DatasetNotPreparedError
     from mdr.engine import CheckpointMismatchError, NonFiniteLossError
+    from mdr.io import DamagedFileError
     from mdr.registry import UnknownNameError
 
     errors: list[type[BaseException]] = [ConfigError, UnknownNameError, DatasetNotPreparedError, CountMismatchError,
-                                         NonFiniteLossError, CheckpointMismatchError]
+                                         NonFiniteLossError, CheckpointMismatchError, DamagedFileError]
     try:
         from mdr.data.fetch import FetchError
 
