@@ -210,7 +210,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     images_path = prepared.root / "images.npy"
     d = config.data
     train_set = CachedImages(images_path, train_rows["index"].to_numpy(), train_rows["label"].to_numpy(),
-                             train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip))
+                             train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip, d.crop_interpolation))
     eval_sets = evaluation_sets(prepared, config)
     train_eval_set = None
     if config.eval.train_subset:
@@ -329,21 +329,21 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
         context = StepContext(epoch=epoch, num_epochs=t.epochs, iteration=epoch * t.iterations_per_epoch + i,
                               images=images, model=model)
         embeddings = model(images)
+        if not bool(torch.isfinite(embeddings).all()):  # before the loss: the samplers cannot draw from NaN
+            raise _non_finite("the embeddings became non-finite", epoch, i)
         metric_loss = loss_fn(embeddings, labels)
         reg_loss = regularizer(embeddings, labels, context)
         total = metric_loss + reg_loss
         if not torch.isfinite(total):
-            raise NonFiniteLossError(
-                f"loss became {total.item()} at epoch {epoch + 1}, iteration {i + 1} "
-                f"(metric loss {metric_loss.item():.4g}, regularizer {reg_loss.item():.4g}, terms {regularizer.terms()}). "
-                f"The run is stopped; checkpoints up to epoch {epoch} are kept. Lower optim.lr or the "
-                f"regularizer's weight, or check the data, then rerun (it resumes from the last checkpoint)."
-            )
+            raise _non_finite(f"loss became {total.item()}", epoch, i,
+                              f" (metric loss {metric_loss.item():.4g}, regularizer {reg_loss.item():.4g}, "
+                              f"terms {regularizer.terms()})")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
         step_terms = {"loss": total.item(), "metric_loss": metric_loss.item(), "regularizer_loss": reg_loss.item(),
-                      **{f"reg_{k}": v for k, v in regularizer.terms().items()}}
+                      **{f"reg_{k}": v for k, v in regularizer.terms().items()},
+                      **{f"loss_{k}": v for k, v in (loss_fn.terms() if hasattr(loss_fn, "terms") else {}).items()}}
         for k, v in step_terms.items():
             sums[k] = sums.get(k, 0.0) + v
         if i % 10 == 0:
@@ -356,6 +356,14 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
     record.update({k: v / n for k, v in sums.items()})
     record.update({f"reg_{k}": v for k, v in regularizer.describe().items()})
     return record
+
+
+def _non_finite(what: str, epoch: int, i: int, detail: str = "") -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"{what} at epoch {epoch + 1}, iteration {i + 1}{detail}. The run is stopped; checkpoints up to epoch "
+        f"{epoch} are kept. Lower optim.lr or the regularizer's weight, or check the data, then rerun (it "
+        f"resumes from the last checkpoint)."
+    )
 
 
 def _is_best(history: list[dict[str, Any]], record: dict[str, Any]) -> bool:

@@ -1,7 +1,9 @@
 """Base metric losses by name. A loss is an nn.Module: (embeddings, labels) -> scalar.
 
 Losses may own parameters (e.g. the margin loss's per-class beta); the engine hands them to the
-optimizer. Importing this package registers every loss.
+optimizer. A loss may report per-step quantities with `terms() -> dict[str, float]` (the sampled
+losses: the fraction of anchors that fell back to uniform negatives); the engine averages them per
+epoch into history.json as `loss_<name>`. Importing this package registers every loss.
 """
 from mdr.registry import Registry
 

@@ -61,6 +61,10 @@ class MarginLoss(nn.Module):
         """
         return [{"params": [self.beta], "lr": self.beta_lr, "weight_decay": 0.0}]
 
+    def terms(self) -> dict[str, float]:
+        """Of the last step: the fraction of anchors whose negative was drawn uniformly."""
+        return dict(getattr(self, "_terms", {}))
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"margin loss labels must lie in [0, {self.num_classes}); got "
@@ -70,9 +74,10 @@ class MarginLoss(nn.Module):
         anchors, positives = same.nonzero(as_tuple=True)
         if anchors.numel() == 0:
             raise ValueError("margin loss needs at least two images of one class in the batch")
-        negatives = distance_weighted_negatives(
+        negatives, fallback = distance_weighted_negatives(
             embeddings, labels, anchors, self.cutoff, self.nonzero_loss_cutoff
         )
+        self._terms = {"uniform_fallback": fallback}
         d = euclidean_pdist(embeddings)
         beta = self.beta.to(d.dtype)[labels[anchors]]
         pos = (self.margin + d[anchors, positives] - beta).clamp_min(0)

@@ -1,10 +1,66 @@
-"""Distance-weighted negative sampling (Wu et al. 2017, "Sampling Matters in Deep Embedding Learning")."""
+"""Distance-weighted negative sampling (Wu et al. 2017, "Sampling Matters in Deep Embedding Learning").
+
+Exactly as the MDR authors draw it (metric/pairsampler.py of kakaoenterprise/AAAI2021_MDR), float32
+behaviour included: which weights underflow to 0 is part of the method.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .distances import euclidean_pdist
+
+@dataclass(frozen=True)
+class NegativeWeights:
+    """What one draw of negatives is made from.
+
+    probabilities: (len(anchors), N), each row sums to 1, handed to torch.multinomial.
+    fell_back: (len(anchors),) bool, rows whose distance weights were all 0 (every negative at or
+        beyond the non-zero-loss cutoff, or underflowed), so the row is uniform over the negatives.
+    """
+
+    probabilities: torch.Tensor
+    fell_back: torch.Tensor
+
+
+@torch.no_grad()
+def negative_weights(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+) -> NegativeWeights:
+    """The authors' distance-weighted probabilities of every index as the negative of each anchor.
+
+    On an L2-normalised float32 copy: dist = sqrt(squared_pdist + I), so the diagonal is 1 (not 0: at
+    the 0.5 cutoff the diagonal would hold the row's largest log-weight, and at 512-d every other
+    weight would underflow), clamped below at `cutoff`;
+    log w = (2 - d) log(dist) - ((d - 3) / 2) log(1 - dist^2 / 4); w = exp(log w - rowmax);
+    w = 0 for same-class pairs, the diagonal and dist >= `nonzero_loss_cutoff`; uniform over the
+    negatives where a row has no weight left.
+
+    One deviation, for safety only: 1 - dist^2/4 is clamped at 1e-8 before the log. The authors' code
+    takes log(0) or log of a rounding-negative number for (near-)antipodal pairs, which gives NaN
+    weights and a crash in multinomial; everywhere else the two agree.
+    """
+    x = F.normalize(embeddings.detach().float(), dim=1)
+    n, dim = x.shape
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    squared = x.pow(2).sum(dim=1)
+    sq_dist = (squared[:, None] + squared[None, :] - 2.0 * (x @ x.t())).clamp_min(1e-12).masked_fill(eye, 0.0)
+    dist = (sq_dist + eye.float()).sqrt().clamp_min(cutoff)
+    log_w = (2.0 - dim) * dist.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * dist * dist).clamp_min(1e-8).log()
+    w = (log_w - log_w.max(dim=1, keepdim=True).values).exp()
+    negative = (labels[:, None] != labels[None, :]) & ~eye
+    w = (w * (negative & (dist < nonzero_loss_cutoff)))[anchors]
+    neg = negative[anchors].float()
+    if bool((neg.sum(dim=1) == 0).any()):
+        raise ValueError("a batch anchor has no negative: the batch needs at least two classes")
+    fell_back = w.sum(dim=1) == 0
+    w = torch.where(fell_back[:, None], neg, w)
+    return NegativeWeights(w / w.sum(dim=1, keepdim=True), fell_back)
 
 
 @torch.no_grad()
@@ -15,27 +71,9 @@ def distance_weighted_negatives(
     cutoff: float = 0.5,
     nonzero_loss_cutoff: float = 1.4,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One negative index per anchor, drawn with probability ∝ 1/q(d) on the unit sphere.
-
-    As in reference/mdr.md §2.1: computed on an L2-normalised copy, distances clamped below at
-    `cutoff`, log w = (2 - d) log(dist) - ((d - 3) / 2) log(1 - dist^2 / 4), w = exp(log w - rowmax),
-    zero for same-class pairs and for dist >= `nonzero_loss_cutoff`; uniform over the negatives when a
-    row has no weight left.
-    """
-    x = F.normalize(embeddings.detach().float(), dim=1)
-    n, dim = x.shape
-    dist = euclidean_pdist(x).clamp_min(cutoff)
-    log_w = (2.0 - dim) * dist.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * dist.pow(2)).clamp_min(1e-8).log()
-    log_w = log_w - log_w.max(dim=1, keepdim=True).values
-    w = log_w.exp()
-    negative = labels[:, None] != labels[None, :]
-    w = w * negative * (dist < nonzero_loss_cutoff)
-    w = w[anchors]
-    neg = negative[anchors].to(w.dtype)
-    empty = w.sum(dim=1) <= 0
-    w[empty] = neg[empty]
-    if bool((w.sum(dim=1) <= 0).any()):
-        raise ValueError("a batch anchor has no negative: the batch needs at least two classes")
-    return torch.multinomial(w, 1, generator=generator).squeeze(1)
-
+) -> tuple[torch.Tensor, float]:
+    """One negative index per anchor, drawn from `negative_weights`; and the fraction of anchor rows
+    that fell back to uniform sampling (a property of training worth watching: logged per epoch)."""
+    weights = negative_weights(embeddings, labels, anchors, cutoff, nonzero_loss_cutoff)
+    drawn = torch.multinomial(weights.probabilities, 1, generator=generator).squeeze(1)
+    return drawn, float(weights.fell_back.float().mean())

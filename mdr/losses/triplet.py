@@ -29,15 +29,20 @@ class TripletLoss(nn.Module):
         super().__init__()
         self.margin, self.cutoff, self.nonzero_loss_cutoff = margin, sampling_cutoff, nonzero_loss_cutoff
 
+    def terms(self) -> dict[str, float]:
+        """Of the last step: the fraction of anchors whose negative was drawn uniformly."""
+        return dict(getattr(self, "_terms", {}))
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         same = labels[:, None] == labels[None, :]
         same.fill_diagonal_(False)
         anchors, positives = same.nonzero(as_tuple=True)
         if anchors.numel() == 0:
             raise ValueError("triplet loss needs at least two images of one class in the batch")
-        negatives = distance_weighted_negatives(
+        negatives, fallback = distance_weighted_negatives(
             embeddings, labels, anchors, self.cutoff, self.nonzero_loss_cutoff
         )
+        self._terms = {"uniform_fallback": fallback}
         d = euclidean_pdist(embeddings)
         return (d[anchors, positives] - d[anchors, negatives] + self.margin).clamp_min(0).mean()
 

@@ -29,7 +29,7 @@ def test_matches_loop_with_fixed_negatives(monkeypatch):
 
     def fake_sampler(embeddings, labels_, anchors, *args, **kwargs):
         assert anchors.tolist() == [t[0] for t in triplets]
-        return torch.tensor([t[2] for t in triplets])
+        return torch.tensor([t[2] for t in triplets]), 0.0
 
     monkeypatch.setattr(triplet_module, "distance_weighted_negatives", fake_sampler)
     rows = x.tolist()
