@@ -35,6 +35,9 @@ class DataConfig(Strict):
     crop_scale: tuple[float, float] = (0.16, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
+    crop_interpolation: Literal["lanczos", "bilinear"] = Field(
+        "lanczos", description="resampling of the training crop: 'lanczos' as the authors (PIL's Lanczos, "
+        "per image), or 'bilinear' (torchvision's antialiased bilinear on tensors)")
     num_workers: int = Field(0, ge=0)
     validation_classes: int = Field(
         0, ge=0, description="hold out this many training classes (the last ones by label) and evaluate on "

@@ -35,10 +35,22 @@ class CachedImages(Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def train_transform(crop: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool) -> v2.Transform:
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(crop, scale=scale, ratio=ratio, antialias=True)]
+# The authors crop PIL images with Lanczos (torchvision.transforms on PIL, interpolation=Image.LANCZOS).
+# torchvision resamples tensors only with nearest/bilinear/bicubic, so "lanczos" goes through PIL per
+# image; "bilinear" stays on tensors (antialiased), cheaper, and open to batched GPU augmentation.
+INTERPOLATIONS = {"lanczos": v2.InterpolationMode.LANCZOS, "bilinear": v2.InterpolationMode.BILINEAR}
+
+
+def train_transform(crop: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
+                    interpolation: str = "lanczos") -> v2.Transform:
+    """RandomResizedCrop(crop, scale, ratio) with `interpolation`, optional flip, float CHW in [0, 1]."""
+    mode = INTERPOLATIONS[interpolation]
+    steps: list[v2.Transform] = [v2.ToPILImage()] if interpolation == "lanczos" else []
+    steps.append(v2.RandomResizedCrop(crop, scale=scale, ratio=ratio, interpolation=mode, antialias=True))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
+    if interpolation == "lanczos":
+        steps.append(v2.PILToTensor())
     steps.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(steps)
 
