@@ -149,12 +149,43 @@ def brute_force_map_at_r(q, ql, g, gl, loo):
     return float(np.mean(aps))
 
 
+def near_tie_ranks(q, ql, g, gl, loo):
+    """Per query: the first rank whose order against a neighbour of the other label float32 cannot settle
+    (inf where none), its first-hit rank h and its R.
+
+    faiss computes squared distances in float32; each errs by at most 2 (D + 2) u (|q|^2 + |g|^2) (both the
+    |q|^2 + |g|^2 - 2 q.g form and the direct sum of squares). Two neighbours whose float64 distances are
+    closer than their two bounds may come back in either order on another machine or block size, so a
+    metric may differ by one such query each: the tolerances below count them, they are not guessed."""
+    q64, g64 = q.astype(np.float64), g.astype(np.float64)
+    d = ((q64[:, None, :] - g64[None, :, :]) ** 2).sum(-1)
+    bound = 2 * (q.shape[1] + 2) * 2.0**-24 * ((q64**2).sum(1)[:, None] + (g64**2).sum(1)[None, :])
+    if loo:
+        np.fill_diagonal(d, np.inf)
+    first, hits, rs = [], [], []
+    for i in range(len(q)):
+        order = np.argsort(d[i], kind="stable")[: len(g) - int(loo)]
+        dist, err, pos = d[i][order], bound[i][order], gl[order] == ql[i]
+        close = np.diff(dist) <= err[:-1] + err[1:]
+        mixed = np.flatnonzero(close & (pos[:-1] != pos[1:]))  # chains of near-ties: adjacent pairs suffice
+        first.append(mixed[0] if mixed.size else np.inf)
+        hits.append(int(pos.argmax()) if pos.any() else len(pos))
+        rs.append(int(pos.sum()))
+    return np.array(first), np.array(hits), np.array(rs)
+
+
+def tolerance(ambiguous):
+    """A mean over queries of a per-query value in [0, 1] moves by at most 1/n per ambiguous query."""
+    return float(np.sum(ambiguous)) / len(ambiguous) + 1e-12
+
+
 def test_leave_one_out_agrees_with_pml(data):
     x, y = data
     ref = pml_calc().get_accuracy(x, y, x, y, ref_includes_query=True)
     assert 0.3 < ref["precision_at_1"] < 0.95  # sanity: a non-trivial case
-    assert precision_at_1(x, y) == pytest.approx(ref["precision_at_1"], abs=1e-12)
-    assert map_at_r(x, y) == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-9)
+    first, _, r = near_tie_ranks(x, y, x, y, loo=True)
+    assert precision_at_1(x, y) == pytest.approx(ref["precision_at_1"], abs=tolerance(first == 0))
+    assert map_at_r(x, y) == pytest.approx(ref["mean_average_precision_at_r"], abs=tolerance(first <= r - 1))
     # Same faiss k-means call as PML (seed 1234, 20 iterations) -> identical NMI.
     assert nmi(x, y, seed=1234, niter=20) == pytest.approx(ref["NMI"], abs=1e-9)
 
@@ -165,8 +196,9 @@ def test_query_gallery_agrees_with_pml(data):
     assert np.isin(ql, gl).all()  # no lone queries (PML would skip them)
     ref = pml_calc().get_accuracy(q, ql, g, gl, ref_includes_query=False)
     got = evaluate_retrieval(q, ql, [1, 4], gallery=g, gallery_labels=gl)
-    assert got["recall_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-12)
-    assert got["map_at_r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-9)
+    first, _, r = near_tie_ranks(q, ql, g, gl, loo=False)
+    assert got["recall_at_1"] == pytest.approx(ref["precision_at_1"], abs=tolerance(first == 0))
+    assert got["map_at_r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=tolerance(first <= r - 1))
     assert 0.0 <= got["nmi"] <= 1.0
     assert set(got) == {"recall_at_1", "recall_at_4", "map_at_r", "nmi"}
 
@@ -183,8 +215,11 @@ def test_recall_at_k_and_map_agree_with_brute_force(data, loo):
     ks = [1, 2, 4, 8, 16, 32, 100]
     first = brute_force_first_hit(q, ql, g, gl, loo)
     expected = {k: float(np.mean(first < k)) for k in ks}
-    assert recall_at_k(q, ql, ks, **kw) == pytest.approx(expected, abs=1e-12)
-    assert map_at_r(q, ql, **kw) == pytest.approx(brute_force_map_at_r(q, ql, g, gl, loo), abs=1e-9)
+    tie, hit, r = near_tie_ranks(q, ql, g, gl, loo)
+    got = recall_at_k(q, ql, ks, **kw)
+    for k in ks:  # the first hit can move only across a near-tie at or before it
+        assert got[k] == pytest.approx(expected[k], abs=tolerance(tie <= hit)), k
+    assert map_at_r(q, ql, **kw) == pytest.approx(brute_force_map_at_r(q, ql, g, gl, loo), abs=tolerance(tie <= r - 1))
 
 
 def test_nmi_matches_sklearn_and_is_high_on_separated_clusters():
@@ -218,9 +253,13 @@ def test_block_size_does_not_change_results(data, loo):
     ks = [1, 3, 10, 50]
     full = recall_at_k(q, ql, ks, block_size=4096, **kw)
     full_map = map_at_r(q, ql, block_size=4096, **kw)
-    for bs in (1, 7, 64, 299):
-        assert recall_at_k(q, ql, ks, block_size=bs, **kw) == full
-        assert map_at_r(q, ql, block_size=bs, **kw) == pytest.approx(full_map, abs=1e-12)
+    g, gl = kw.get("gallery", x), kw.get("gallery_labels", y)
+    tie, hit, r = near_tie_ranks(q, ql, g, gl, loo)
+    for bs in (1, 7, 64, 299):  # blocks of queries may take other float32 kernels: near-ties may turn
+        got = recall_at_k(q, ql, ks, block_size=bs, **kw)
+        for k in ks:
+            assert got[k] == pytest.approx(full[k], abs=tolerance(tie <= hit))
+        assert map_at_r(q, ql, block_size=bs, **kw) == pytest.approx(full_map, abs=tolerance(tie <= r - 1))
 
 
 def test_threads_are_restored(data):
