@@ -9,12 +9,12 @@ from typing import Callable
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from mdr.config import ConfigError
-    from mdr.data.prepared import CountMismatchError, DatasetNotPreparedError
+    from mdr.data.prepared import DatasetNotPreparedError, RawFilesError
     from mdr.engine import CheckpointMismatchError, NonFiniteLossError
     from mdr.io import DamagedFileError
     from mdr.registry import UnknownNameError
 
-    errors: list[type[BaseException]] = [ConfigError, UnknownNameError, DatasetNotPreparedError, CountMismatchError,
+    errors: list[type[BaseException]] = [ConfigError, UnknownNameError, DatasetNotPreparedError, RawFilesError,
                                          NonFiniteLossError, CheckpointMismatchError, DamagedFileError]
     try:
         from mdr.data.fetch import FetchError

@@ -13,11 +13,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("--image-size", type=int, default=256, help="side of the prepared image cache (default 256)")
     p.add_argument("--data-root", default="data")
     p.add_argument("--no-fetch", action="store_true", help="never download; use files already placed")
+    p.add_argument("--source", metavar="PATH",
+                   help="use your own copy instead of downloading: the extracted folder (e.g. CUB_200_2011/), an "
+                        "archive packed differently (.tar.gz), or a folder holding the files (In-Shop: Img/img.zip, "
+                        "Eval/list_eval_partition.txt); remembered for later runs in <data-root>/raw/<dataset>/")
     args = p.parse_args(argv)
     from mdr.data import prepare_dataset
 
     prepared = prepare_dataset(args.dataset, data_root=args.data_root, image_size=args.image_size,
-                               fetch=not args.no_fetch)
+                               fetch=not args.no_fetch, source=args.source)
     counts = ", ".join(f"{k} {v:,}" for k, v in prepared.meta["counts"].items())
     print(f"{args.dataset}: prepared at {prepared.root} ({counts})")
+    for name, facts in sorted(prepared.meta.get("sources", {}).items()):
+        if isinstance(facts, dict) and not facts.get("verified_against_published_hash", True):
+            used = facts.get("user_copy") or name
+            print(f"{args.dataset}: note: {used} was not checked against a published checksum (none exists, or it is "
+                  f"not the published file); its sha256{' listing' if 'listing_sha256' in facts else ''} is recorded "
+                  f"in {prepared.root / 'meta.json'}")
     return 0

@@ -25,6 +25,7 @@ def prepare_dataset(
     image_size: int = 256,
     fetch: bool = True,
     progress: bool = True,
+    source: str | Path | None = None,
 ) -> "PreparedDataset":
     """Fetch (if needed), extract once, prepare once; return the prepared dataset.
 
@@ -34,16 +35,32 @@ def prepare_dataset(
     raw files. `fetch=False` never downloads: the raw files must already be in place (they are still
     verified). Raises `mdr.data.fetch.ManualDownloadRequired` with instructions when files must be
     obtained by hand (Cars-196, In-Shop, or when every mirror fails).
+
+    `source`: the user's own copy (an extracted folder, a differently packed archive, or a folder holding the
+    expected files), used instead of downloading and remembered in the raw folder (mdr/data/usercopy.py). A
+    copy already prepared and intact is kept as it is.
     """
     from .prepared import PreparedDataset
     from .registry import get_dataset, prepared_dir, raw_dir
 
     recipe = get_dataset(name)
+    if int(image_size) < 1:
+        from mdr.config import ConfigError
+
+        raise ConfigError(f"image size {image_size} is not a size: the prepared cache needs a positive number of "
+                            f"pixels per side; pass e.g. --image-size 256 (the paper's protocol)")
     out = prepared_dir(data_root, name, image_size)
+    raw = raw_dir(data_root, name)
+    if source is not None:
+        from .usercopy import UserCopyError, register
+
+        if recipe.sources is None:
+            raise UserCopyError(f"dataset {name} is generated, not read from files; drop --source")
+        for line in register(raw, recipe.sources(), source):
+            print(f"{name}: using {line}")
     ds = _usable(out, recipe, image_size, quiet=True)
     if ds is not None:
         return ds
-    raw = raw_dir(data_root, name)
     with _lock(out.with_name(f".{out.name}.lock")):
         # Another process may have finished the same work while this one waited for the lock.
         ds = _usable(out, recipe, image_size, quiet=False)

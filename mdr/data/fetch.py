@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -43,7 +44,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import pooch
 from pooch.downloaders import DEFAULT_TIMEOUT, REQUESTS_HEADERS
@@ -126,6 +127,8 @@ class Source:
     size: int | None = None
     manual_hint: str = ""
     sha256_prefix: str | None = None
+    # For an archive: a path inside its content (e.g. images.txt) by which an extracted copy is recognised.
+    extracted_marker: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "urls", tuple(self.urls))
@@ -166,6 +169,20 @@ class Source:
         return None
 
 
+# The digests the datasets' publishers give (reference/datasets.md), registered by the recipes through
+# `published(...)`. A file is "verified against the published hash" only when it matched one of these: a Source
+# whose hash was replaced (a test's fake, a private copy) is checked against that hash, but never reported as
+# the published release.
+PUBLISHED_DIGESTS: set[str] = set()
+
+
+def published(*sources: "Source") -> list["Source"]:
+    """Register the hashes of `sources` as the publisher's own; returns them as a list (a recipe's SOURCES)."""
+    for s in sources:
+        PUBLISHED_DIGESTS.update(d for d in (s.sha256, s.md5, s.sha256_prefix) if d)
+    return list(sources)
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """A verified file: where it is and its digests (recorded in the prepared dataset's meta)."""
@@ -174,10 +191,12 @@ class FileRecord:
     size: int
     sha256: str
     md5: str
-    verified: bool  # False when the source publishes no hash (the digests are then only recorded)
+    verified: bool  # matched the Source's hash (False when the source has none: the digests are only recorded)
+    published: bool = False  # ... and that hash is the publisher's (PUBLISHED_DIGESTS)
 
     def to_meta(self) -> dict[str, object]:
-        return {"size": self.size, "sha256": self.sha256, "md5": self.md5, "verified_against_published_hash": self.verified}
+        return {"size": self.size, "sha256": self.sha256, "md5": self.md5,
+                "verified_against_published_hash": self.verified and self.published}
 
 
 # --------------------------------------------------------------------------------------------- hashes
@@ -187,11 +206,12 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.hashes.json")
 
 
-def file_digests(path: str | os.PathLike, progress: bool = False) -> dict[str, str]:
-    """sha256 and md5 of a file in one pass, cached in `.<name>.hashes.json` (keyed by size + mtime)."""
+def file_digests(path: str | os.PathLike, progress: bool = False, stamp_dir: Path | None = None) -> dict[str, str]:
+    """sha256 and md5 of a file in one pass, cached in `.<name>.hashes.json` (keyed by size + mtime) next to
+    it, or in `stamp_dir` (for a file that is not the project's, e.g. the user's own copy)."""
     path = Path(path)
     st = path.stat()
-    stamp = _stamp_path(path)
+    stamp = _stamp_path(path) if stamp_dir is None else Path(stamp_dir) / f".{path.name}.hashes.json"
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     try:
         cached = json.loads(stamp.read_text())
@@ -250,7 +270,9 @@ def verify_file(source: Source, path: str | os.PathLike, progress: bool = False,
             f"{_what_to_do(source, path, where)}",
             path=bad, expected=expected, actual=actual,
         )
-    return FileRecord(path, size, digests["sha256"], digests["md5"], verified=source.has_hash)
+    checked = {d for d in (source.sha256, source.md5, source.sha256_prefix) if d}
+    return FileRecord(path, size, digests["sha256"], digests["md5"], verified=source.has_hash,
+                      published=bool(checked) and checked <= PUBLISHED_DIGESTS)
 
 
 def _what_to_do(source: Source, path: Path, where: str) -> str:
@@ -385,18 +407,30 @@ def fetch_sources(
     import requests
     import urllib3
 
+    from . import usercopy
+
     retries = DEFAULT_RETRIES if retries is None else retries
     wait = DEFAULT_WAIT if wait is None else wait
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
+    covered = usercopy.covered(raw_dir)  # files stood in for by the user's own copy (verify_and_extract uses it)
     records: dict[str, FileRecord] = {}
     missing: list[tuple[Source, list[str]]] = []
+    wrong: list[HashMismatchError] = []
     for source in sources:
+        if source.filename in covered:
+            continue
         target = raw_dir / source.filename
         if target.is_file():
-            records[source.filename] = verify_file(source, target, progress=progress)
+            try:
+                records[source.filename] = verify_file(source, target, progress=progress)
+            except HashMismatchError as e:  # check the other files too: one run reports every bad file
+                wrong.append(e)
             target.with_name(target.name + ".part").unlink(missing_ok=True)  # stale leftover
             continue
+        near = near_misses(source, raw_dir)
+        if near:
+            raise NearMissError(f"{target} is missing, but {'; '.join(near)}")
         attempts: list[str] = []
         if download and source.urls:
             record = _download(source, target, progress, retries, wait, timeout, attempts, requests, urllib3)
@@ -404,6 +438,10 @@ def fetch_sources(
                 records[source.filename] = record
                 continue
         missing.append((source, attempts))
+    if wrong:
+        raise wrong[0] if len(wrong) == 1 else HashMismatchError(
+            f"{len(wrong)} files are not the expected ones: " + " | ".join(str(e) for e in wrong),
+            path=wrong[0].path, expected=wrong[0].expected, actual=wrong[0].actual)
     if missing:
         intro = "" if download else (
             "These raw files are not in place (downloading was not requested; run with fetching enabled to "
@@ -413,6 +451,61 @@ def fetch_sources(
             missing=[s for s, _ in missing], folder=raw_dir,
         )
     return records
+
+
+class NearMissError(ManualDownloadRequired):
+    """An expected file is absent but something very like it is there; the message says what to rename or pass."""
+
+
+def archive_stem(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in _ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def near_misses(source: Source, raw_dir: Path, depth: int = 2) -> list[str]:
+    """What in raw_dir (up to `depth` folders down) looks like `source` but is not at its place, each with the
+    one thing to do: the file one folder too deep, the archive packed differently (.tar.gz for .tgz), another
+    capitalisation, or the extracted folder instead of the archive."""
+    target = raw_dir / source.filename
+    stem = archive_stem(source.filename)
+    found: list[str] = []
+    for path in sorted(walk(raw_dir, depth)):
+        if path == target or path.name.endswith((".part", ".corrupt", ".hashes.json")) or path.name.startswith("."):
+            continue
+        if path.is_file():
+            same_name = path.name.lower() == source.filename.lower()
+            repacked = stem is not None and (archive_stem(path.name) or "").lower() == stem.lower()
+            if same_name or repacked:
+                what = "the same file one folder down" if path.name == source.filename else (
+                    "the same archive packed or named differently" if not same_name else "the same name, other case")
+                found.append(f"{path} looks like it ({what}): move or rename it to {target} "
+                             f"(its checksum is then verified), or pass `--source {path}` to use it as it is")
+        elif source.extracted_marker and (path / source.extracted_marker).exists():
+            found.append(f"{path} looks like {source.filename} already extracted (it has {source.extracted_marker}): "
+                         f"pass `--source {path}` to use this folder (the archive's checksum then cannot be checked)")
+    return found
+
+
+def walk(root: Path, depth: int):
+    """Files and folders below root, at most `depth` levels down, skipping the project's own extracted/ folder."""
+    frontier = [root]
+    for _ in range(depth):
+        nxt = []
+        for folder in frontier:
+            try:
+                children = list(folder.iterdir())
+            except OSError:
+                continue
+            for child in children:
+                if child.name == "extracted" and folder == root:
+                    continue
+                yield child
+                if child.is_dir() and not child.is_symlink():
+                    nxt.append(child)
+        frontier = nxt
 
 
 def _download(source, target, progress, retries, wait, timeout, attempts, requests, urllib3) -> FileRecord | None:
@@ -437,7 +530,7 @@ def _download(source, target, progress, retries, wait, timeout, attempts, reques
                 if not e.retry:
                     break
             except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-                attempts.append(f"{url}: {type(e).__name__}: {_short(e)}")
+                attempts.append(f"{url}: {_reason(e)}")
             else:
                 os.replace(part, target)
                 try:
@@ -459,7 +552,20 @@ def _download(source, target, progress, retries, wait, timeout, attempts, reques
     return None
 
 
-def _short(e: BaseException, limit: int = 200) -> str:
+def _reason(e: BaseException) -> str:
+    """The cause of a failed request in a few words: requests wraps urllib3 errors whose text is a repr chain
+    ("HTTPConnectionPool(host=...): Max retries exceeded ... (Caused by NewConnectionError('<urllib3... at
+    0x7f...>: Failed to establish a new connection: [Errno 111] Connection refused'))"); keep its last part."""
+    text = " ".join(str(e).split())
+    match = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if match:
+        return match.group(0).strip()
+    if "Caused by" in text:
+        text = text.rsplit(": ", 1)[-1].rstrip("')\"")
+    return f"{type(e).__name__}: {_short(text)}"
+
+
+def _short(e: BaseException | str, limit: int = 200) -> str:
     text = str(e).replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -475,8 +581,10 @@ def manual_download_message(
         lines.append(f"  - {s.describe()}")
         if s.manual_hint:
             lines.append(f"      where to get it: {s.manual_hint}")
-        for a in attempts.get(s.filename, []):
-            lines.append(f"      tried {a}")
+        tried = attempts.get(s.filename, [])
+        for a in dict.fromkeys(tried):  # each failure once, in order, with how often it happened
+            times = tried.count(a)
+            lines.append(f"      tried {a}" + (f" ({times} attempts)" if times > 1 else ""))
         if not s.urls:
             lines.append("      (no automatic download exists for this file)")
     lines.append(f"Put them, with exactly these names, in: {folder}")
@@ -517,9 +625,17 @@ def verify_and_extract(sources: Iterable[Source], raw_dir: str | os.PathLike, ar
                        progress: bool = True) -> dict[str, Any]:
     """The prepare step of a one-archive recipe: verify the fetched files (no download) and extract
     `archive` once into its extraction_dir. Returns the verification records (for sources_meta)."""
+    from . import usercopy
+
     raw_dir = Path(raw_dir)
-    records = fetch_sources(sources, raw_dir, progress=progress, download=False)
-    safe_extract(raw_dir / archive, extraction_dir(raw_dir / archive, raw_dir), progress=progress)
+    sources = list(sources)
+    records: dict[str, Any] = fetch_sources(sources, raw_dir, progress=progress, download=False)
+    copy = usercopy.load(raw_dir)
+    if copy is not None and copy.stands_for == archive:  # the user's own copy (prepare --source)
+        source = next(s for s in sources if s.filename == archive)
+        records[archive] = usercopy.use(copy, source, raw_dir, progress=progress)
+    else:
+        safe_extract(raw_dir / archive, extraction_dir(raw_dir / archive, raw_dir), progress=progress)
     return records
 
 

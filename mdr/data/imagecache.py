@@ -16,27 +16,33 @@ from __future__ import annotations
 
 import os
 import shutil
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from .prepared import PreparedDataset, check_counts, write_prepared
+from .prepared import PreparedDataset, RawFilesError, check_counts, write_prepared
 
 ImageLoader = Callable[[int], Any]  # row index -> PIL image or HxWx3 uint8 array
 
 
-class ImageDecodeError(ValueError):
+# What to do about damaged raw files when the recipe has nothing more specific to say: true of a folder
+# extracted from a verified archive (re-extraction restores it), which is what most recipes prepare from.
+REEXTRACT = ("delete the extracted folder that contains it and run the same command again (it is re-extracted "
+             "from the verified archive)")
+
+
+class ImageDecodeError(RawFilesError):
     """An image could not be decoded; the message names the file."""
 
 
-class ClassCountMismatchError(ValueError):
+class ClassCountMismatchError(RawFilesError):
     pass
 
 
-class MissingFilesError(FileNotFoundError):
+class MissingFilesError(RawFilesError):
     pass
 
 
@@ -49,7 +55,8 @@ def assign_labels(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def check_classes(name: str, rows: pd.DataFrame, expected: Mapping[str, int]) -> None:
+def check_classes(name: str, rows: pd.DataFrame, expected: Mapping[str, int], counted_from: str = "",
+                  fix: str = "") -> None:
     """Check the number of classes per split; a key 'query+gallery' counts the union of those splits."""
     problems = []
     for key, want in expected.items():
@@ -59,8 +66,9 @@ def check_classes(name: str, rows: pd.DataFrame, expected: Mapping[str, int]) ->
             problems.append(f"{key}: expected {want:,} classes, found {got:,} ({got - want:+,})")
     if problems:
         raise ClassCountMismatchError(
-            f"dataset {name}: class counts differ from the published split ({'; '.join(problems)}). "
-            "The raw files are incomplete or not the expected release; re-fetch them and prepare again."
+            f"dataset {name}: class counts{f' in {counted_from}' if counted_from else ''} differ from the published "
+            f"split ({'; '.join(problems)}). The raw files are incomplete or not the expected release; "
+            f"{fix or 're-fetch them and prepare again'}."
         )
 
 
@@ -81,8 +89,10 @@ def to_rgb_array(image: Any, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_image_file(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode an image file once; any decoding problem becomes ImageDecodeError naming the file."""
+def load_image_file(path: str | os.PathLike, size: int, fix: str = "") -> np.ndarray:
+    """Decode an image file once; any decoding problem becomes ImageDecodeError naming the file.
+
+    `fix`: what the user should do (the recipe knows whether re-extracting can help); default REEXTRACT."""
     from PIL import Image
 
     try:
@@ -91,9 +101,8 @@ def load_image_file(path: str | os.PathLike, size: int) -> np.ndarray:
             return to_rgb_array(img, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(
-            f"cannot decode image {path}: {type(e).__name__}: {e}. The raw files are damaged; delete the "
-            f"extracted folder that contains it and run the same command again (it is re-extracted from the "
-            f"verified archive), or replace the file."
+            f"cannot decode image {shown(Path(path))}: {type(e).__name__}: {' '.join(str(e).split())}. The raw files are "
+            f"damaged; {fix or REEXTRACT + ', or replace the file'}."
         ) from None
 
 
@@ -110,33 +119,40 @@ def build_prepared(
     loader: ImageLoader | None = None,
     progress: bool = True,
     workers: int | None = None,
+    fix: str = "",
+    counted_from: str = "",
 ) -> PreparedDataset:
     """rows (path, class_id, class_name, split) -> prepared dataset at out_dir.
 
     Counts are checked before any image is decoded (a wrong release fails in seconds, not after an
     hour), and again by write_prepared. Without `loader`, row i is the image file raw_root / path.
+    `fix`: what to do about missing or undecodable images (default: re-extract the verified archive).
+    `counted_from`: the annotation file(s) the rows come from, named when a count differs.
     """
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     out_dir = Path(out_dir)
     rows = assign_labels(rows)
     counts = rows["split"].value_counts().to_dict()
     if expected_counts:
-        check_counts(name, counts, dict(expected_counts))
+        check_counts(name, counts, dict(expected_counts), counted_from, fix)
     if expected_classes:
-        check_classes(name, rows, expected_classes)
+        check_classes(name, rows, expected_classes, counted_from, fix)
     if loader is None:
         if raw_root is None:
             raise ValueError("build_prepared needs raw_root or loader")
         root = Path(raw_root)
         paths = [root / p for p in rows["path"]]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [str(shown(p)) for p in paths if not p.is_file()]
         if missing:
+            fix = fix or f"delete {root / 'extracted'} and run the same command again"
             raise MissingFilesError(
                 f"dataset {name}: {len(missing):,} image files listed in the annotations are missing, e.g. "
-                f"{', '.join(missing[:5])}. The raw files are incomplete; delete {root / 'extracted'} and run "
-                f"the same command again."
+                f"{', '.join(missing[:5])}. The raw files are incomplete; "
+                f"{fix}."
             )
         size = int(image_size)
-        loader = lambda i: load_image_file(paths[i], size)  # noqa: E731
+        loader = lambda i: load_image_file(paths[i], size, fix)  # noqa: E731
     n = len(rows)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -181,6 +197,9 @@ def build_published(name: str, rows: pd.DataFrame, out_dir: str | os.PathLike, i
     )
 
 
+CHUNK = 64  # images per task of the decoding pool (and per step of the progress bar)
+
+
 def _fill(path: Path, offset: int, n: int, size: int, loader: ImageLoader, progress: bool, workers: int,
           name: str) -> None:
     row_bytes = size * size * 3
@@ -203,12 +222,12 @@ def _fill(path: Path, offset: int, n: int, size: int, loader: ImageLoader, progr
                 done += os.pwrite(fd, view[done:], offset + i * row_bytes + done)
         return stop - start
 
-    chunk = 64
+    chunk = CHUNK
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = {pool.submit(work, s, min(n, s + chunk)) for s in range(0, n, chunk)}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            while pending:  # the bar advances as each chunk finishes; the first failure stops the rest
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     if fut.exception() is not None:
                         for p in pending:
@@ -226,20 +245,30 @@ def _fill(path: Path, offset: int, n: int, size: int, loader: ImageLoader, progr
 # ------------------------------------------------------------------------------ layout-reading helpers
 
 
-class MissingAnnotationError(FileNotFoundError):
+class MissingAnnotationError(RawFilesError):
     """An annotation file the layout needs is absent; the message names it."""
 
 
-def require_file(path: Path, dataset: str, what: str = "annotation file") -> Path:
+class LayoutError(RawFilesError):
+    """An annotation file is present but does not say what the published one says; the message names it."""
+
+
+def shown(path: Path) -> Path:
+    """`path` as the user knows it: through the links of a --source copy to the user's own file."""
+    real = Path(os.path.realpath(path))
+    return real if real != Path(os.path.abspath(path)) else path
+
+
+def require_file(path: Path, dataset: str, what: str = "annotation file", fix: str = "") -> Path:
     if not path.is_file():
         raise MissingAnnotationError(
-            f"dataset {dataset}: {what} {path} is missing. The raw files are incomplete or not the expected "
-            f"release; re-fetch them (delete the archive and its extracted folder) and prepare again."
+            f"dataset {dataset}: {what} {shown(path)} is missing. The raw files are incomplete or not the expected "
+            f"release; {fix or 're-fetch them (delete the archive and its extracted folder) and prepare again'}."
         )
     return path
 
 
-def find_folder(base: Path, marker: str, dataset: str, depth: int = 2) -> Path:
+def find_folder(base: Path, marker: str, dataset: str, depth: int = 2, fix: str = "") -> Path:
     """The folder at or below `base` (up to `depth` levels) that contains `marker` (a relative path)."""
     frontier = [base]
     for _ in range(depth + 1):
@@ -251,19 +280,21 @@ def find_folder(base: Path, marker: str, dataset: str, depth: int = 2) -> Path:
                 nxt.extend(sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
         frontier = nxt
     raise MissingAnnotationError(
-        f"dataset {dataset}: no {marker} found in {base} (searched {depth} levels down). The archive is incomplete "
-        f"or not the expected release; re-fetch it and prepare again."
+        f"dataset {dataset}: no {marker} found in {shown(base)} (searched {depth} levels down). The archive is incomplete "
+        f"or not the expected release; {fix or 're-fetch it and prepare again'}."
     )
 
 
 def read_rows(path: Path, dataset: str, ncols: int, header: list[str] | None = None,
-              count_line: bool = False) -> list[list[str]]:
+              count_line: bool = False, fix: str = "") -> list[list[str]]:
     """Whitespace-separated rows with exactly `ncols` fields (the last may contain spaces when ncols > 1).
 
     `header`: the expected first line (after the count line). `count_line`: line 1 is the row count,
-    checked against the rows read (a truncated file fails here).
+    checked against the rows read (a truncated file fails here). `fix`: what to do about a bad file.
     """
-    require_file(path, dataset)
+    require_file(path, dataset, fix=fix)
+    where = shown(path)
+    todo = f" {fix[0].upper()}{fix[1:]}." if fix else f" {REEXTRACT[0].upper()}{REEXTRACT[1:]}."
     lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     start = 0
     declared = None
@@ -271,23 +302,24 @@ def read_rows(path: Path, dataset: str, ncols: int, header: list[str] | None = N
         try:
             declared = int(lines[0].split()[0])
         except (IndexError, ValueError):
-            raise ValueError(f"dataset {dataset}: {path}: line 1 should be the number of rows, got "
-                             f"{lines[0] if lines else '(empty file)'!r}") from None
+            raise LayoutError(f"dataset {dataset}: {where}: line 1 should be the number of rows, got "
+                              f"{lines[0] if lines else '(empty file)'!r}.{todo}") from None
         start = 1
     if header is not None:
         got = lines[start].split() if len(lines) > start else []
         if got != header:
-            raise ValueError(f"dataset {dataset}: {path}: expected header {' '.join(header)!r}, got {' '.join(got)!r}")
+            raise LayoutError(f"dataset {dataset}: {where}: expected header {' '.join(header)!r}, got "
+                              f"{' '.join(got)!r}.{todo}")
         start += 1
     rows = []
     for lineno, line in enumerate(lines[start:], start=start + 1):
         parts = line.split(None, ncols - 1)
         if len(parts) != ncols:
-            raise ValueError(f"dataset {dataset}: {path}, line {lineno}: expected {ncols} fields, got {line!r}")
+            raise LayoutError(f"dataset {dataset}: {where}, line {lineno}: expected {ncols} fields, got {line!r}.{todo}")
         rows.append(parts)
     if declared is not None and declared != len(rows):
-        raise ValueError(f"dataset {dataset}: {path} declares {declared:,} rows on line 1 but has {len(rows):,}; "
-                         "the file is truncated or edited")
+        raise LayoutError(f"dataset {dataset}: {where} declares {declared:,} rows on line 1 but has {len(rows):,}; "
+                          f"the file is truncated or edited.{todo}")
     return rows
 
 

@@ -143,12 +143,19 @@ def write_prepared(
     return PreparedDataset.load(out_dir)
 
 
-class CountMismatchError(ValueError):
+class RawFilesError(ValueError):
+    """The raw files are not what a recipe reads (missing, damaged, another release); the message names the
+    file, what was expected and found, and what to do. Every stage reports it in one line (exit 2)."""
+
+
+class CountMismatchError(RawFilesError):
     pass
 
 
-def check_counts(name: str, counts: dict[str, int], expected: dict[str, int]) -> None:
-    """Fail with every split whose image count differs from the published one, and by how much."""
+def check_counts(name: str, counts: dict[str, int], expected: dict[str, int], counted_from: str = "",
+                 fix: str = "") -> None:
+    """Fail with every split whose image count differs from the published one, and by how much.
+    `counted_from`: the annotation file(s) the counts come from; `fix`: what to do (default: re-fetch)."""
     problems = [
         f"{split}: expected {want:,} images, found {counts.get(split, 0):,} ({counts.get(split, 0) - want:+,})"
         for split, want in expected.items()
@@ -156,6 +163,7 @@ def check_counts(name: str, counts: dict[str, int], expected: dict[str, int]) ->
     ]
     if problems:
         raise CountMismatchError(
-            f"dataset {name}: image counts differ from the published split ({'; '.join(problems)}). "
-            "The raw files are incomplete or not the expected release; re-fetch them and prepare again."
+            f"dataset {name}: image counts{f' in {counted_from}' if counted_from else ''} differ from the published "
+            f"split ({'; '.join(problems)}). The raw files are incomplete or not the expected release; "
+            f"{fix or 're-fetch them and prepare again'}."
         )

@@ -28,6 +28,9 @@ class DatasetRecipe:
     # prepare(raw_dir, out_dir, image_size): raw files -> prepared dataset (asserting expected counts).
     prepare: Callable[[Path, Path, int], PreparedDataset]
     expected_counts: dict[str, int] = field(default_factory=dict)
+    # sources(): the recipe's raw files (read when called, so a patched module-level SOURCES is seen);
+    # what `prepare --source` looks for in a user's own copy. None: the recipe has no raw files (embedded).
+    sources: Callable[[], list] | None = None
     embedded: bool = False  # generated locally, needs no download
     query_gallery: bool = False  # In-Shop: query vs gallery instead of leave-one-out
 

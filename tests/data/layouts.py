@@ -68,33 +68,58 @@ CUB_CLASSES = {1: "001.Black_footed_Albatross", 2: "002.Laysan_Albatross", 101: 
                200: "200.Common_Yellowthroat"}
 
 
-def make_cub(path: Path, per_class: int = 3, skip: str = "", corrupt_id: int | None = None) -> Path:
-    """CUB_200_2011.tgz with the real layout: images/<class>/<file>.jpg and the id files."""
+def cub_files(per_class: int = 3, skip: str = "", corrupt_id: int | None = None,
+              classes: dict[int, str] | None = None) -> dict[str, bytes]:
+    """The content of CUB_200_2011.tgz, path -> bytes: CUB_200_2011/images/<class>/<file>.jpg and the id files.
+    `classes`: the classes that get images (default CUB_CLASSES; all 200 are listed in classes.txt)."""
     images, labels, split = [], [], []
     all_classes = {c: CUB_CLASSES.get(c, f"{c:03d}.Bird_{c}") for c in range(1, 201)}
+    files = {"attributes.txt": b"1 has_bill_shape::curved\n"}
     image_id = 0
-    with tarfile.open(path, "w:gz") as tar:
-        add(tar, "attributes.txt", b"1 has_bill_shape::curved\n")
-        for cls, cname in CUB_CLASSES.items():
-            for k in range(per_class):
-                image_id += 1
-                rel = f"{cname}/{cname.split('.', 1)[1]}_{k:04d}_{image_id}.jpg"
-                images.append(f"{image_id} {rel}")
-                labels.append(f"{image_id} {cls}")
-                split.append(f"{image_id} {k % 2}")
-                data = b"\xff\xd8 this is not a jpeg" if image_id == corrupt_id else jpeg(image_id)
-                add(tar, f"CUB_200_2011/images/{rel}", data)
-        files = {
-            "images.txt": "\n".join(images) + "\n",
-            "image_class_labels.txt": "\n".join(labels) + "\n",
-            "classes.txt": "".join(f"{c} {n}\n" for c, n in all_classes.items()),
-            "train_test_split.txt": "\n".join(split) + "\n",
-            "bounding_boxes.txt": "",
-        }
-        for name, text in files.items():
-            if name != skip:
-                add(tar, f"CUB_200_2011/{name}", text.encode())
+    for cls, cname in (classes or CUB_CLASSES).items():
+        for k in range(per_class):
+            image_id += 1
+            rel = f"{cname}/{cname.split('.', 1)[1]}_{k:04d}_{image_id}.jpg"
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {cls}")
+            split.append(f"{image_id} {k % 2}")
+            files[f"CUB_200_2011/images/{rel}"] = b"\xff\xd8 this is not a jpeg" if image_id == corrupt_id else jpeg(image_id)
+    texts = {
+        "images.txt": "\n".join(images) + "\n",
+        "image_class_labels.txt": "\n".join(labels) + "\n",
+        "classes.txt": "".join(f"{c} {n}\n" for c, n in all_classes.items()),
+        "train_test_split.txt": "\n".join(split) + "\n",
+        "bounding_boxes.txt": "",
+    }
+    files.update({f"CUB_200_2011/{name}": text.encode() for name, text in texts.items() if name != skip})
+    return files
+
+
+def write_archive(path: Path, files: dict[str, bytes]) -> Path:
+    """A .zip, or a tar (.tgz/.tar.gz: gzip, .tar: none) holding `files`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".zip"):
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in files.items():
+                add(zf, name, data)
+    else:
+        with tarfile.open(path, "w:gz" if path.name.endswith(("gz", "tgz")) else "w") as tar:
+            for name, data in files.items():
+                add(tar, name, data)
     return path
+
+
+def write_tree(folder: Path, files: dict[str, bytes]) -> Path:
+    """`files` as an extracted folder below `folder`."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def make_cub(path: Path, per_class: int = 3, skip: str = "", corrupt_id: int | None = None) -> Path:
+    """CUB_200_2011.tgz with the real layout."""
+    return write_archive(path, cub_files(per_class, skip, corrupt_id))
 
 
 def cub_key(path: str) -> int:
@@ -187,46 +212,62 @@ def cars_key_annos(path: str) -> int:
 SOP_SUPER = ["bicycle_final", "cabinet_final", "chair_final"]
 
 
-def make_sop(path: Path, n_train_classes: int = 4, n_test_classes: int = 3) -> dict[str, int]:
-    """Stanford_Online_Products.zip with Ebay_{info,train,test}.txt and super-class folders (.JPG)."""
+def sop_files(n_train_classes: int = 4, n_test_classes: int = 3, skip: str = "") -> tuple[dict[str, bytes], dict[str, int]]:
+    """The content of Stanford_Online_Products.zip (Ebay_{info,train,test}.txt, super-class folders, .JPG), and
+    the colour key of each image path."""
     lines = {"train": [], "test": []}
-    keys = {}
+    keys, files = {}, {}
     image_id = 0
-    with zipfile.ZipFile(path, "w") as zf:
-        for cls in range(1, n_train_classes + n_test_classes + 1):
-            split = "train" if cls <= n_train_classes else "test"
-            sup = 1 + cls % len(SOP_SUPER)
-            product = 111000000000 + cls * 7
-            for k in range(2 + cls % 2):
-                image_id += 1
-                rel = f"{SOP_SUPER[sup - 1]}/{product}_{k}.JPG"
-                zf.writestr(f"Stanford_Online_Products/{rel}", jpeg(image_id, 30, 20))
-                lines[split].append(f"{image_id} {cls} {sup} {rel}")
-                keys[rel] = image_id
-        header = "image_id class_id super_class_id path\n"
-        for split in ("train", "test"):
-            zf.writestr(f"Stanford_Online_Products/Ebay_{split}.txt", header + "\n".join(lines[split]) + "\n")
-        zf.writestr("Stanford_Online_Products/Ebay_info.txt", header)
+    for cls in range(1, n_train_classes + n_test_classes + 1):
+        split = "train" if cls <= n_train_classes else "test"
+        sup = 1 + cls % len(SOP_SUPER)
+        product = 111000000000 + cls * 7
+        for k in range(2 + cls % 2):
+            image_id += 1
+            rel = f"{SOP_SUPER[sup - 1]}/{product}_{k}.JPG"
+            files[f"Stanford_Online_Products/{rel}"] = jpeg(image_id, 30, 20)
+            lines[split].append(f"{image_id} {cls} {sup} {rel}")
+            keys[rel] = image_id
+    header = "image_id class_id super_class_id path\n"
+    for split in ("train", "test"):
+        files[f"Stanford_Online_Products/Ebay_{split}.txt"] = (header + "\n".join(lines[split]) + "\n").encode()
+    files["Stanford_Online_Products/Ebay_info.txt"] = header.encode()
+    files = {k: v for k, v in files.items() if not (skip and k.endswith("/" + skip))}
+    return files, keys
+
+
+def make_sop(path: Path, n_train_classes: int = 4, n_test_classes: int = 3) -> dict[str, int]:
+    """Stanford_Online_Products.zip with the real layout."""
+    files, keys = sop_files(n_train_classes, n_test_classes)
+    write_archive(path, files)
     return keys
 
 
-def make_inshop(raw: Path) -> dict[str, int]:
-    """img.zip (img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_N_view.jpg) + list_eval_partition.txt."""
+INSHOP_PLAN = [(1, "train", 3), (2, "train", 2), (7, "test", 3), (9, "test", 4)]  # (item, part, images)
+
+
+def make_inshop(raw: Path, folder: str = "img", truncated_key: int | None = None,
+                zip_path: Path | None = None, partition_path: Path | None = None) -> dict[str, int]:
+    """img.zip (img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_N_view.jpg) + list_eval_partition.txt in `raw`
+    (or at `zip_path` / `partition_path`, e.g. the Drive folder's Img/img.zip and Eval/...).
+    `folder="img_highres"` builds the high-resolution img_highres.zip's layout instead; `truncated_key`: that
+    image's JPEG is cut in half (the zip itself stays intact)."""
     raw.mkdir(parents=True, exist_ok=True)
-    plan = [(1, "train", 3), (2, "train", 2), (7, "test", 3), (9, "test", 4)]
-    rows, keys, key = [], {}, 0
-    with zipfile.ZipFile(raw / "img.zip", "w") as zf:
-        for item, part, n in plan:
-            gender, cat = ("WOMEN", "Dresses") if item % 2 else ("MEN", "Denim")
-            for k in range(n):
-                key += 1
-                rel = f"img/{gender}/{cat}/id_{item:08d}/{k + 1:02d}_{k % 4 + 1}_{['front', 'side', 'back', 'full'][k % 4]}.jpg"
-                zf.writestr(rel, jpeg(key, 16, 24))
-                status = part if part == "train" else ("query" if k % 2 == 0 else "gallery")
-                rows.append(f"{rel}           id_{item:08d}  {status}")
-                keys[rel] = key
-    (raw / "list_eval_partition.txt").write_text(
-        f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
+    rows, keys, key, files = [], {}, 0, {}
+    for item, part, n in INSHOP_PLAN:
+        gender, cat = ("WOMEN", "Dresses") if item % 2 else ("MEN", "Denim")
+        for k in range(n):
+            key += 1
+            rel = f"img/{gender}/{cat}/id_{item:08d}/{k + 1:02d}_{k % 4 + 1}_{['front', 'side', 'back', 'full'][k % 4]}.jpg"
+            data = jpeg(key, 16, 24)
+            files[folder + rel[len("img"):]] = data[: len(data) // 2] if key == truncated_key else data
+            status = part if part == "train" else ("query" if k % 2 == 0 else "gallery")
+            rows.append(f"{rel}           id_{item:08d}  {status}")
+            keys[rel] = key
+    write_archive(zip_path or raw / "img.zip", files)
+    partition = partition_path or raw / "list_eval_partition.txt"
+    partition.parent.mkdir(parents=True, exist_ok=True)
+    partition.write_text(f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
     return keys
 
 

@@ -332,3 +332,32 @@ def test_zip_with_bad_crc(tmp_path):
     with pytest.raises(CorruptArchiveError):
         safe_extract(archive)
     assert not extraction_dir(archive).exists()
+
+
+# ------------------------------------------------------------------------------ what failures and records say
+
+
+def test_failed_mirror_listed_once_with_its_cause(http_server, dead_url, tmp_path):
+    src = Source("a.bin", [dead_url], sha256=sha(PAYLOAD))
+    with pytest.raises(ManualDownloadRequired) as err:
+        fetch([src], tmp_path, retries=3)
+    msg = str(err.value)
+    assert msg.count(dead_url) == 1
+    assert f"tried {dead_url}: [Errno 111] Connection refused (3 attempts)" in msg
+    assert "HTTPConnectionPool" not in msg and "object at 0x" not in msg
+
+
+def test_verified_against_published_hash_only_for_the_published_hash(tmp_path):
+    from mdr.data.fetch import PUBLISHED_DIGESTS, published
+
+    (tmp_path / "a.bin").write_bytes(PAYLOAD)
+    own = Source("a.bin", sha256=sha(PAYLOAD))  # checked, but against a hash nobody published
+    record = fetch([own], tmp_path)["a.bin"]
+    assert record.verified and record.to_meta()["verified_against_published_hash"] is False
+    try:
+        published(own)
+        assert fetch([own], tmp_path)["a.bin"].to_meta()["verified_against_published_hash"] is True
+    finally:
+        PUBLISHED_DIGESTS.discard(sha(PAYLOAD))
+    unchecked = Source("a.bin")  # no hash at all: only recorded
+    assert fetch([unchecked], tmp_path)["a.bin"].to_meta()["verified_against_published_hash"] is False

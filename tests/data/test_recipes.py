@@ -317,3 +317,11 @@ def test_registered_recipes():
     assert sum(get_dataset("cars196").expected_counts.values()) == 16185
     assert sum(get_dataset("sop").expected_counts.values()) == 120053
     assert sum(get_dataset("inshop").expected_counts.values()) == 52712
+
+
+def test_recipe_hashes_are_the_published_ones():
+    from mdr.data.fetch import PUBLISHED_DIGESTS
+
+    assert cub200.SOURCES[0].sha256 in PUBLISHED_DIGESTS and sop.SOURCES[0].md5 in PUBLISHED_DIGESTS
+    assert all(s.md5 in PUBLISHED_DIGESTS for s in cars196.SOURCES_ANNOS)
+    assert all(s.sha256 in PUBLISHED_DIGESTS for s in cars196.SOURCES_CLASSIFICATION)

@@ -33,7 +33,7 @@ def test_prepare_help_lists_its_options_from_the_command_line():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python -m pipeline prepare ")
-    for option in ("--image-size", "--data-root", "--no-fetch"):
+    for option in ("--image-size", "--data-root", "--no-fetch", "--source"):
         assert option in done.stdout, option
 
 

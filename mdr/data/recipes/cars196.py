@@ -21,8 +21,24 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..fetch import ManualDownloadRequired, Source, extraction_dir, fetch_sources, manual_download_message, safe_extract
-from ..imagecache import MissingAnnotationError, build_published, find_folder, require_file, sources_meta
+from ..fetch import (
+    ManualDownloadRequired,
+    Source,
+    extraction_dir,
+    fetch_sources,
+    manual_download_message,
+    published,
+    safe_extract,
+)
+from ..imagecache import (
+    REEXTRACT,
+    LayoutError,
+    MissingAnnotationError,
+    build_published,
+    find_folder,
+    require_file,
+    sources_meta,
+)
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
 
 NAME = "cars196"
@@ -35,11 +51,11 @@ _KAGGLE_HINT = ("Kaggle mirrors of the Stanford release, e.g. kaggle.com/dataset
                 "or kaggle.com/datasets/jutrera/stanford-car-dataset-by-classes-folder")
 _STANFORD = "originally https://ai.stanford.edu/~jkrause/cars/car_dataset.html (offline since 2023); now " + _KAGGLE_HINT
 
-SOURCES_ANNOS = [
+SOURCES_ANNOS = published(
     Source("car_ims.tgz", md5="d5c8f0aa497503f355e17dc7886c3f14", manual_hint=_STANFORD),
     Source("cars_annos.mat", md5="b407c6086d669747186bd1d764ff9dbc", manual_hint=_STANFORD),
-]
-SOURCES_CLASSIFICATION = [
+)
+SOURCES_CLASSIFICATION = published(
     Source("cars_train.tgz", sha256="512b227b30e2f0a8aab9e09485786ab4479582073a144998da74d64b801fd288",
            size=979_269_282, manual_hint=_STANFORD),
     Source("cars_test.tgz", sha256="bffea656d6f425cba3c91c6d83336e4c5f86c6cffd8975b0f375d3a10da8e243",
@@ -49,7 +65,7 @@ SOURCES_CLASSIFICATION = [
     Source("cars_test_annos_withlabels.mat",
            sha256="790f75be8ea34eeded134cc559332baf23e30e91367e9ddca97d26ed9b895f05",
            size=185_758, manual_hint=_STANFORD),
-]
+)
 LAYOUTS = ("annos", "classification", "kaggle")
 
 
@@ -113,32 +129,42 @@ def fetch(raw_dir: Path, progress: bool = True, download: bool = True):
                                  folder=raw_dir)
 
 
+def fix_mat(path: Path) -> str:
+    """What to do about an unreadable or wrong .mat: put the release's own file there (its checksum is named)."""
+    known = {s.filename: s for s in SOURCES_ANNOS + SOURCES_CLASSIFICATION}
+    if path.name in known:
+        return f"put the release's {known[path.name].describe()} at {path} and run the same command again"
+    return f"{REEXTRACT} (or put the release's car_devkit.tgz in place)"
+
+
 def _loadmat(path: Path, dataset: str = NAME) -> dict:
     from scipy.io import loadmat
 
-    require_file(path, dataset)
+    require_file(path, dataset, fix=fix_mat(path))
     try:
         return loadmat(str(path), squeeze_me=True)
-    except (ValueError, NotImplementedError, OSError) as e:
-        raise ValueError(f"dataset {dataset}: cannot read {path} ({e}); the file is damaged or not the expected "
-                         "release") from None
+    except Exception as e:  # noqa: BLE001 - scipy raises anything (IndexError, TypeError, ...) on a non-.mat file
+        head = path.read_bytes()[:40]
+        what = "an HTML page" if b"<html" in head.lower() or b"<!doctype" in head.lower() else f"starts {head[:20]!r}"
+        raise LayoutError(f"dataset {dataset}: {path} is not a MATLAB .mat file ({what}; scipy: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:120]}); {fix_mat(path)}.") from None
 
 
 def _annotations(mat: dict, path: Path, fields: tuple[str, ...]) -> dict[str, list]:
     if "annotations" not in mat:
         raise MissingAnnotationError(f"dataset {NAME}: {path} has no 'annotations' variable (found: "
-                                     f"{sorted(k for k in mat if not k.startswith('__'))})")
+                                     f"{sorted(k for k in mat if not k.startswith('__'))}); {fix_mat(path)}.")
     ann = np.atleast_1d(mat["annotations"])
     missing = [f for f in fields if f not in (ann.dtype.names or ())]
     if missing:
         raise MissingAnnotationError(f"dataset {NAME}: {path}: 'annotations' lacks the fields {missing} "
-                                     f"(has {list(ann.dtype.names or ())})")
+                                     f"(has {list(ann.dtype.names or ())}); {fix_mat(path)}.")
     return {f: [np.asarray(v).item() if np.ndim(v) == 0 or np.size(v) == 1 else v for v in ann[f]] for f in fields}
 
 
 def _class_names(mat: dict, path: Path) -> dict[int, str]:
     if "class_names" not in mat:
-        raise MissingAnnotationError(f"dataset {NAME}: {path} has no 'class_names' variable")
+        raise MissingAnnotationError(f"dataset {NAME}: {path} has no 'class_names' variable; {fix_mat(path)}.")
     names = np.atleast_1d(mat["class_names"])
     return {i + 1: str(n) for i, n in enumerate(names)}
 
@@ -190,13 +216,19 @@ def read_layout(raw_dir: Path, layout: str | None = None, progress: bool = False
         norm = lambda s: s.replace("/", "-").strip().lower()  # noqa: E731 - '/' cannot be in a folder name
         by_name = {norm(n): i + 1 for i, n in enumerate(lines)}
         names = {i + 1: n for i, n in enumerate(lines)}
-        for part in ("train", "test"):
-            for folder in sorted(p for p in (root / part).iterdir() if p.is_dir()):
-                cls = by_name.get(norm(folder.name))
-                if cls is None:
-                    raise ValueError(f"dataset {NAME}: class folder {folder} is not listed in {names_csv}")
-                for img in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
-                    rows.append(_row(img.relative_to(raw_dir).as_posix(), cls, names))
+        folders = [p for part in ("train", "test") for p in sorted((root / part).iterdir()) if p.is_dir()]
+        unlisted = [f for f in folders if norm(f.name) not in by_name]
+        if unlisted:  # all of them at once, so one rename round fixes every one
+            raise LayoutError(
+                f"dataset {NAME}: {len(unlisted)} class folders are not listed in {names_csv} "
+                f"({', '.join(str(f.relative_to(raw_dir)) for f in unlisted[:5])}"
+                f"{', ...' if len(unlisted) > 5 else ''}); rename each to its class name as written in names.csv "
+                f"(a '/' in a name is '-' in the folder name), or restore the copy's own names.csv, and run the same "
+                f"command again.")
+        for folder in folders:
+            cls = by_name[norm(folder.name)]
+            for img in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+                rows.append(_row(img.relative_to(raw_dir).as_posix(), cls, names))
     else:
         raise ManualDownloadRequired(manual_message(raw_dir), folder=raw_dir)
     df = pd.DataFrame(rows, columns=["path", "class_id", "class_name", "split"])
@@ -224,6 +256,9 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
               "split_protocol": "by class id: 1-98 train, 99-196 test (release train/test sets not used)"},
         published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
         expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
+        counted_from={"annos": "cars_annos.mat", "classification": "cars_train_annos.mat and "
+                      "cars_test_annos_withlabels.mat", "kaggle": "the class folders of the Kaggle copy"}[layout],
+        fix=REEXTRACT if layout != "kaggle" else "restore the missing images of the Kaggle copy",
     )
 
 
@@ -235,5 +270,6 @@ RECIPE = register_dataset(
         fetch=fetch,
         prepare=prepare,
         expected_counts=dict(EXPECTED_COUNTS),
+        sources=lambda: SOURCES_ANNOS + SOURCES_CLASSIFICATION,
     )
 )

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..fetch import Source, extraction_dir, fetch_sources, verify_and_extract
+from ..fetch import Source, extraction_dir, fetch_sources, published, verify_and_extract
 from ..imagecache import build_published, find_folder, require_file, sources_meta, to_rgb_array
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
 
@@ -28,7 +28,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
 
 ARCHIVE = "cifar-10-python.tar.gz"
-SOURCES = [
+SOURCES = published(
     Source(
         ARCHIVE,
         urls=["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"],
@@ -36,7 +36,7 @@ SOURCES = [
         size=170_498_071,
         manual_hint="https://www.cs.toronto.edu/~kriz/cifar.html ('CIFAR-10 python version')",
     )
-]
+)
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -128,5 +128,6 @@ RECIPE = register_dataset(
         fetch=fetch,
         prepare=prepare,
         expected_counts=dict(EXPECTED_COUNTS),
+        sources=lambda: SOURCES,
     )
 )

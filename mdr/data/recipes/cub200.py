@@ -10,8 +10,9 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..fetch import Source, extraction_dir, fetch_sources, verify_and_extract
-from ..imagecache import build_published, find_folder, read_rows, sources_meta
+from .. import usercopy
+from ..fetch import Source, extraction_dir, fetch_sources, published, verify_and_extract
+from ..imagecache import REEXTRACT, LayoutError, build_published, find_folder, read_rows, sources_meta
 from ..registry import KS_SMALL, DatasetRecipe, register_dataset
 
 NAME = "cub200"
@@ -23,7 +24,7 @@ TRAIN_CLASSES = range(1, 101)
 ARCHIVE = "CUB_200_2011.tgz"
 # The fast S3 copy first: the official Caltech address is reported at ~60 KB/s (hours for 1.1 GB).
 # Both serve the same file; the sha256 decides.
-SOURCES = [
+SOURCES = published(
     Source(
         ARCHIVE,
         urls=[
@@ -34,8 +35,9 @@ SOURCES = [
         md5="97eceeb196236b17998738112f37df78",
         size=1_150_585_339,
         manual_hint="https://data.caltech.edu/records/65de6-vp158 (Caltech DATA record of CUB-200-2011)",
+        extracted_marker="images.txt",
     )
-]
+)
 
 
 def fetch(raw_dir: Path, progress: bool = True, download: bool = True):
@@ -45,16 +47,19 @@ def fetch(raw_dir: Path, progress: bool = True, download: bool = True):
 def read_layout(raw_dir: Path) -> pd.DataFrame:
     """The extracted archive -> rows (path relative to raw_dir, class_id, class_name, split)."""
     raw_dir = Path(raw_dir)
-    base = find_folder(extraction_dir(raw_dir / ARCHIVE, raw_dir), "images.txt", NAME)
-    images = {int(i): p for i, p in read_rows(base / "images.txt", NAME, 2)}
-    labels = {int(i): int(c) for i, c in read_rows(base / "image_class_labels.txt", NAME, 2)}
-    classes = {int(c): n for c, n in read_rows(base / "classes.txt", NAME, 2)}
+    fix = repair(raw_dir)
+    base = find_folder(extraction_dir(raw_dir / ARCHIVE, raw_dir), "images.txt", NAME, fix=fix)
+    images = {int(i): p for i, p in read_rows(base / "images.txt", NAME, 2, fix=fix)}
+    labels = {int(i): int(c) for i, c in read_rows(base / "image_class_labels.txt", NAME, 2, fix=fix)}
+    classes = {int(c): n for c, n in read_rows(base / "classes.txt", NAME, 2, fix=fix)}
     if set(images) != set(labels):
         only = sorted(set(images) ^ set(labels))[:5]
-        raise ValueError(f"dataset {NAME}: images.txt and image_class_labels.txt list different image ids (e.g. {only})")
+        raise LayoutError(f"dataset {NAME}: {base / 'images.txt'} and image_class_labels.txt list different image "
+                          f"ids (e.g. {only}); {fix}.")
     unknown = sorted(set(labels.values()) - set(classes))
     if unknown:
-        raise ValueError(f"dataset {NAME}: classes {unknown[:5]} are used in image_class_labels.txt but missing from classes.txt")
+        raise LayoutError(f"dataset {NAME}: classes {unknown[:5]} are used in {base / 'image_class_labels.txt'} but "
+                          f"missing from classes.txt; {fix}.")
     prefix = base.relative_to(raw_dir).as_posix() + "/images/"
     rows = [
         {
@@ -66,6 +71,11 @@ def read_layout(raw_dir: Path) -> pd.DataFrame:
         for i in sorted(images)
     ]
     return pd.DataFrame(rows, columns=["path", "class_id", "class_name", "split"])
+
+
+def repair(raw_dir: Path) -> str:
+    """What to do about damaged raw files: re-extract the verified archive, or fix the user's own copy."""
+    return usercopy.fix(raw_dir, REEXTRACT)
 
 
 def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapping[str, int] | None = None,
@@ -84,6 +94,7 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
               "split_protocol": "by class id: 1-100 train, 101-200 test (train_test_split.txt not used)"},
         published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
         expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
+        fix=repair(raw_dir), counted_from="image_class_labels.txt (classes 1-100 train, 101-200 test)",
     )
 
 
@@ -95,5 +106,6 @@ RECIPE = register_dataset(
         fetch=fetch,
         prepare=prepare,
         expected_counts=dict(EXPECTED_COUNTS),
+        sources=lambda: SOURCES,
     )
 )

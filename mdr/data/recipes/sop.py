@@ -10,8 +10,9 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..fetch import Source, extraction_dir, fetch_sources, verify_and_extract
-from ..imagecache import build_published, find_folder, read_rows, sources_meta
+from .. import usercopy
+from ..fetch import Source, extraction_dir, fetch_sources, published, verify_and_extract
+from ..imagecache import REEXTRACT, LayoutError, build_published, find_folder, read_rows, sources_meta
 from ..registry import DatasetRecipe, register_dataset
 
 NAME = "sop"
@@ -22,7 +23,7 @@ EXPECTED_CLASSES = {"train": 11318, "test": 11316}
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 
 ARCHIVE = "Stanford_Online_Products.zip"
-SOURCES = [
+SOURCES = published(
     Source(
         ARCHIVE,
         urls=["https://drive.usercontent.google.com/download?id=1TclrpQOF_ullUP99wk_gjGN8pKvtErG8&export=download&confirm=t"],
@@ -33,8 +34,9 @@ SOURCES = [
                     "(https://drive.google.com/file/d/1TclrpQOF_ullUP99wk_gjGN8pKvtErG8; often quota-limited, "
                     "retry later or download in a browser); the original "
                     "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip is offline",
+        extracted_marker="Ebay_train.txt",
     )
-]
+)
 
 
 def fetch(raw_dir: Path, progress: bool = True, download: bool = True):
@@ -43,11 +45,12 @@ def fetch(raw_dir: Path, progress: bool = True, download: bool = True):
 
 def read_layout(raw_dir: Path) -> pd.DataFrame:
     raw_dir = Path(raw_dir)
-    base = find_folder(extraction_dir(raw_dir / ARCHIVE, raw_dir), "Ebay_train.txt", NAME)
+    fix = usercopy.fix(raw_dir, REEXTRACT)
+    base = find_folder(extraction_dir(raw_dir / ARCHIVE, raw_dir), "Ebay_train.txt", NAME, fix=fix)
     prefix = base.relative_to(raw_dir).as_posix()
     rows = []
     for split, fname in (("train", "Ebay_train.txt"), ("test", "Ebay_test.txt")):
-        for _image_id, class_id, _super, path in read_rows(base / fname, NAME, 4, header=HEADER):
+        for _image_id, class_id, _super, path in read_rows(base / fname, NAME, 4, header=HEADER, fix=fix):
             folder, _, file = path.rpartition("/")
             product = file.rsplit("_", 1)[0] if "_" in file else file
             rows.append({"path": f"{prefix}/{path}", "class_id": int(class_id),
@@ -55,8 +58,8 @@ def read_layout(raw_dir: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["path", "class_id", "class_name", "split"])
     shared = set(df.loc[df.split == "train", "class_id"]) & set(df.loc[df.split == "test", "class_id"])
     if shared:
-        raise ValueError(f"dataset {NAME}: classes {sorted(shared)[:5]} appear in both Ebay_train.txt and "
-                         "Ebay_test.txt; the lists are not the published ones")
+        raise LayoutError(f"dataset {NAME}: classes {sorted(shared)[:5]} appear in both {base / 'Ebay_train.txt'} "
+                          f"and Ebay_test.txt; the lists are not the published ones; {fix}.")
     return df
 
 
@@ -75,6 +78,7 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
               "split_protocol": "Ebay_train.txt = train (classes 1-11,318), Ebay_test.txt = test (11,319-22,634)"},
         published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
         expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
+        fix=usercopy.fix(raw_dir, REEXTRACT), counted_from="Ebay_train.txt / Ebay_test.txt",
     )
 
 
@@ -86,5 +90,6 @@ RECIPE = register_dataset(
         fetch=fetch,
         prepare=prepare,
         expected_counts=dict(EXPECTED_COUNTS),
+        sources=lambda: SOURCES,
     )
 )
