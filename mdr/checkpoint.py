@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +28,7 @@ PREVIOUS = "checkpoint.prev.pt"
 BEST = "best.pt"
 DAMAGED = "checkpoint.damaged.pt"  # where a damaged checkpoint.pt is set aside when the run goes on without it
 HISTORY = "history.json"  # a copy of the checkpoint's history, rewritten from it whenever training resumes
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 CHECKPOINT_KEYS = ("epoch", "model", "loss", "regularizer", "optimizer", "scheduler", "history")
 BEST_KEYS = ("epoch", "model", "loss", "regularizer")
 
@@ -53,17 +55,19 @@ def load(path: Path, fingerprint: str, device: torch.device | str, keys: tuple[s
         raise FileNotFoundError(path)
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's restricted unpickler says this when the file asks for anything but tensors and plain data.
-        if str(e).startswith("Weights only load failed"):
+    except OSError:  # the file could not be read at all (permissions, I/O): nothing is known of its content
+        raise
+    except Exception as e:  # truncated archive (RuntimeError), empty file (EOFError), foreign bytes, a payload
+        # torch's restricted reader names the GLOBAL (a class or function: os.system, ...) that a pickle asks
+        # for, which is how a payload runs; everything else it refuses is foreign or damaged bytes.
+        asked = _GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if asked:
             raise UnusableCheckpointError(
-                f"{path} was not loaded: it holds objects other than tensors and plain data, which could run "
-                f"code when loaded (a checkpoint written by this project never does); it is left as is",
-                f"delete it unless you know where it came from, then {remedy}", path,
+                f"{path} was not loaded: it holds objects other than tensors and plain data (it asks for "
+                f"{asked.group(1)}), which could run code when loaded (a checkpoint written by this project never "
+                f"does); it is left as is", f"delete it unless you know where it came from, then {remedy}", path,
                 untrusted=True) from None
-        raise _damaged(path, e, remedy) from None
-    except Exception as e:  # torch reports truncation and junk as RuntimeError, EOFError, KeyError, ...
-        raise _damaged(path, e, remedy) from None
+        raise _damaged(path, _describe(e), remedy) from None
     if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
         raise _damaged(path, "no configuration fingerprint in it", remedy)
     if state["fingerprint"] != fingerprint:
@@ -76,11 +80,18 @@ def load(path: Path, fingerprint: str, device: torch.device | str, keys: tuple[s
     return state
 
 
-def _damaged(path: Path, reason: Exception | str, remedy: str) -> UnusableCheckpointError:
-    if isinstance(reason, Exception):
-        # The first sentence: torch goes on for several about what may have caused it.
-        said = str(reason).splitlines()[0].split(". ")[0] if str(reason) else "file ends early"
-        reason = f"{type(reason).__name__}: {said}"
+def _describe(e: Exception) -> str:
+    """torch's reason in a few words: it goes on for sentences about what may have caused it."""
+    message = str(e)
+    operand = re.search(r"Unsupported operand \d+", message)  # the restricted reader, on bytes it cannot read
+    if operand:
+        return f"not a PyTorch checkpoint: {operand.group(0)}"
+    if isinstance(e, KeyError):  # torch's legacy reader, on bytes that are neither a zip archive nor a pickle
+        return f"not a PyTorch checkpoint: KeyError {message}"
+    return f"{type(e).__name__}: {message.splitlines()[0].split('. ')[0] if message else 'file ends early'}"
+
+
+def _damaged(path: Path, reason: str, remedy: str) -> UnusableCheckpointError:
     return UnusableCheckpointError(f"{path} is damaged ({reason})", remedy, path, untrusted=False)
 
 

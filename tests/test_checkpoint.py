@@ -24,13 +24,13 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def write_payload(path, marker, how):
+def write_payload(path, marker, how, protocol=2):
     state = {"epoch": 0, "fingerprint": "00000000", "model": Payload(marker)}
     if how == "torch.save":
         torch.save(state, path)
     else:  # a plain pickle, as torch's legacy format
         with open(path, "wb") as f:
-            pickle.dump(state, f, protocol=2)
+            pickle.dump(state, f, protocol=protocol)
 
 
 def _train(config, run, **kw):
@@ -75,6 +75,18 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(trained, tmp
     assert (run / name).exists()  # left for the user to look at
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_payload_in_a_pickle_torch_cannot_parse_is_set_aside_unrun(trained, tmp_path, capsys):
+    """Pickle protocol 4 starts with a FRAME opcode that torch's restricted reader stops at, before the
+    payload's GLOBAL: to it the file is foreign bytes, so the run goes on from checkpoint.prev.pt."""
+    config, run, _ = trained
+    marker = tmp_path / "payload-ran"
+    write_payload(run / "checkpoint.pt", marker, "pickle.dump", protocol=4)
+    _train(config, run)
+    assert "not a PyTorch checkpoint: Unsupported operand 149" in capsys.readouterr().err
+    assert not marker.exists() and (run / "checkpoint.damaged.pt").exists()
+
+
 def test_the_rng_states_in_a_checkpoint_are_plain_data(trained):
     _, run, _ = trained
     state = torch.load(run / "checkpoint.pt", weights_only=True)  # raised on numpy's state before
@@ -103,12 +115,15 @@ def test_a_damaged_checkpoint_goes_on_from_the_previous_one_bit_for_bit(trained,
     assert evaluate_run(config, run)["final_epoch"] == 3
 
 
-def test_a_damaged_checkpoint_without_a_previous_one_names_the_way_out(trained):
+@pytest.mark.parametrize("junk,reason", [(b"", r"EOFError: file ends early"),
+                                          (b"\x00" * 64, r"not a PyTorch checkpoint: Unsupported operand 0"),
+                                          (b"junk junk", r"not a PyTorch checkpoint: KeyError \d+")])
+def test_a_damaged_checkpoint_without_a_previous_one_names_the_way_out(trained, junk, reason):
     config, run, _ = trained
     (run / "checkpoint.prev.pt").unlink()
-    (run / "checkpoint.pt").write_bytes(b"")
-    with pytest.raises(UnusableCheckpointError, match=rf"{run / 'checkpoint.pt'} is damaged \(EOFError: file ends "
-                                                      r"early\); there is no checkpoint.prev.pt to go on from: delete it"):
+    (run / "checkpoint.pt").write_bytes(junk)
+    with pytest.raises(UnusableCheckpointError, match=rf"{run / 'checkpoint.pt'} is damaged \({reason}\); there is "
+                                                      r"no checkpoint.prev.pt to go on from: delete it"):
         _train(config, run)
     assert _status(run)["status"] == "damaged"
     (run / "checkpoint.pt").unlink()  # what the message says to do
