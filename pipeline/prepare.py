@@ -26,8 +26,16 @@ def main(argv: list[str]) -> int:
     print(f"{args.dataset}: prepared at {prepared.root} ({counts})")
     for name, facts in sorted(prepared.meta.get("sources", {}).items()):
         if isinstance(facts, dict) and not facts.get("verified_against_published_hash", True):
-            used = facts.get("user_copy") or name
-            print(f"{args.dataset}: note: {used} was not checked against a published checksum (none exists, or it is "
-                  f"not the published file); its sha256{' listing' if 'listing_sha256' in facts else ''} is recorded "
-                  f"in {prepared.root / 'meta.json'}")
+            print(f"{args.dataset}: note: {_unchecked(name, facts)} is recorded in {prepared.root / 'meta.json'}")
     return 0
+
+
+def _unchecked(name: str, facts: dict) -> str:
+    """Why a source was not checked against a published checksum, and what was recorded instead."""
+    if facts.get("kind") == "folder":
+        return (f"{facts['user_copy']} is an extracted folder, which has no published checksum; its file list and "
+                f"the published counts were checked; the sha256 of its listing and annotation files")
+    if facts.get("kind") == "archive":
+        return (f"{facts['user_copy']} is not the published {name} (its checksum differs); the published counts were "
+                f"checked; its sha256")
+    return f"{name} has no published checksum; its sha256"

@@ -67,7 +67,9 @@ def test_cub_extracted_folder_as_source(tmp_path, capsys, cub_small):
     assert rc == 0, err
     assert f"cub200: using CUB_200_2011.tgz: {copy} (extracted folder; its published checksum cannot be checked)" in out
     assert f"cub200: prepared at {prepared_dir(root, 'cub200', SIZE)} (test 6, train 6)" in out
-    assert f"cub200: note: {copy} was not checked against a published checksum" in out
+    assert (f"cub200: note: {copy} is an extracted folder, which has no published checksum; its file list and the "
+            f"published counts were checked; the sha256 of its listing and annotation files is recorded in "
+            f"{prepared_dir(root, 'cub200', SIZE) / 'meta.json'}") in out
     ds = PreparedDataset.load(prepared_dir(root, "cub200", SIZE))
     used = ds.meta["sources"]["CUB_200_2011.tgz"]
     assert used["user_copy"] == str(copy) and used["kind"] == "folder" and used["files"] == 12 + 5  # images and the five id files
@@ -77,7 +79,7 @@ def test_cub_extracted_folder_as_source(tmp_path, capsys, cub_small):
     # a later run without --source (Snakemake's prepare) uses the same copy: the record is kept
     shutil.rmtree(ds.root)
     rc, out, err = run(capsys, "cub200", "--data-root", str(root), "--no-fetch")
-    assert rc == 0, err and "prepared at" in out
+    assert rc == 0 and "prepared at" in out, err
 
 
 def test_cub_archive_packed_differently_as_source(tmp_path, capsys, cub_small):
@@ -85,6 +87,7 @@ def test_cub_archive_packed_differently_as_source(tmp_path, capsys, cub_small):
     root = tmp_path / "data"
     rc, out, err = run(capsys, "cub200", "--data-root", str(root), "--no-fetch", "--source", str(repacked))
     assert rc == 0, err
+    assert f"cub200: note: {repacked} is not the published CUB_200_2011.tgz (its checksum differs)" in out
     meta = json.loads((prepared_dir(root, "cub200", SIZE) / "meta.json").read_text())
     used = meta["sources"]["CUB_200_2011.tgz"]
     assert used["kind"] == "archive" and used["user_copy"] == str(repacked)
@@ -114,6 +117,7 @@ def test_inshop_drive_folder_as_source(tmp_path, capsys, published_as):
     meta = PreparedDataset.load(prepared_dir(root, "inshop", SIZE)).meta
     assert meta["counts"] == {"gallery": 3, "query": 4, "train": 5}
     assert meta["sources"]["img.zip"]["verified_against_published_hash"] is False  # none is published
+    assert "inshop: note: img.zip has no published checksum; its sha256 is recorded in" in out
 
 
 # ------------------------------------------------------------------------------------------ near misses
