@@ -3,24 +3,35 @@
 Public API
 ----------
 ``recall_at_k(embeddings, labels, ks, *, gallery=None, gallery_labels=None,
-block_size=4096, threads=None) -> dict[int, float]``
+block_size=4096, threads=None, backend=None) -> dict[int, float]``
     Recall@K for every K in ``ks``.
 ``precision_at_1(embeddings, labels, **kwargs) -> float``
     ``recall_at_k(embeddings, labels, [1], **kwargs)[1]``.
 ``map_at_r(embeddings, labels, *, gallery=None, gallery_labels=None,
-block_size=4096, threads=None) -> float``
+block_size=4096, threads=None, backend=None) -> float``
     MAP@R (Musgrave et al. 2020, "A Metric Learning Reality Check").
 ``nmi(embeddings, labels, *, seed=0, niter=100, threads=None) -> float``
     NMI between the labels and a faiss k-means clustering (k = number of classes).
 ``evaluate_retrieval(embeddings, labels, ks, *, gallery=None, gallery_labels=None, ...)
 -> dict[str, float]``
-    ``recall_at_{k}`` for each k, ``map_at_r`` and ``nmi`` in one call.
+    ``recall_at_{k}`` for each k, ``map_at_r`` and ``nmi`` in one call; Recall@K and MAP@R
+    from one search of depth max(max K, max R).
 
 Conventions
 -----------
 * Inputs are numpy arrays or anything with ``.detach().cpu().numpy()`` (torch tensors);
-  torch is never imported here. Embeddings are ``(N, D)`` floats, labels ``(N,)``
-  (``(N, 1)`` is accepted). Embeddings are cast to contiguous float32 for faiss.
+  torch is imported only by the torch search. Embeddings are ``(N, D)`` floats, labels
+  ``(N,)`` (``(N, 1)`` is accepted). Embeddings are cast to contiguous float32.
+* ``backend``: how the exact nearest neighbours are found. ``None`` (default): ``"torch"``
+  when the embeddings are a torch tensor on a GPU (or any non-CPU device), ``"faiss"``
+  otherwise. ``"faiss"``: faiss-cpu ``IndexFlatL2`` on a float32 numpy copy. ``"torch"``:
+  on the embeddings' device, per block of queries one matrix product ``|g|^2 - 2 q.g``
+  against the whole gallery (exact float32: TF32 and autocast are switched off for the
+  call) and ``torch.topk``; only the block's same-label booleans come back to the CPU.
+  Why torch on a GPU and not a faiss GPU wheel: faiss-gpu caps k at 2048 (Recall@K and
+  MAP@R need max(K, R) + 1), its wheels bring their own CUDA runtime beside torch's, and a
+  flat search is a matrix product plus top-k, which torch does on the run's GPU already.
+  Both backends give the same Recall@K and MAP@R up to float32 near-ties (tested).
 * Distance: squared Euclidean on the raw embeddings (``faiss.IndexFlatL2``), no
   normalisation. Normalise beforehand if the model's embeddings are meant to be compared
   by cosine.
@@ -36,7 +47,7 @@ Conventions
   (pytorch-metric-learning's ``precision_at_1`` instead drops such "lone" queries; on the
   standard benchmarks every query has a positive, so the two agree there).
 * MAP@R skips queries with R = 0; it returns ``nan`` if every query has R = 0.
-* Ties: neighbours are ranked as faiss's ``IndexFlatL2`` returns them. Among candidates at
+* Ties: neighbours are ranked as faiss's ``IndexFlatL2`` (or ``torch.topk``) returns them. Among candidates at
   exactly the same distance the order is faiss's (on faiss-cpu 1.15 it was observed to be
   by increasing index, but faiss does not guarantee this), so when several candidates tie
   at the K-th distance, which of them fall inside the top K is decided by faiss. faiss
@@ -47,9 +58,11 @@ Conventions
 * Memory: queries are searched in blocks of at most ``block_size`` rows; a block's result
   is ``block x (kmax + 1)`` float32 distances and int64 indices (block size is further
   reduced so that one block never holds more than ``_MAX_BLOCK_ENTRIES`` results). The
-  flat index holds one float32 copy of the gallery (or of the embeddings).
+  flat index holds one float32 copy of the gallery (or of the embeddings). The torch
+  search holds ``block x gallery`` float32 distances, at most ``_MAX_DISTANCE_ENTRIES``.
 * ``threads`` sets faiss's OpenMP thread count (``faiss.omp_set_num_threads``) for the
-  duration of the call and restores the previous value afterwards.
+  duration of the call and restores the previous value afterwards (torch's threads are the
+  process's, ``mdr.runtime.set_threads``).
 * Nothing in this module forks a process (a fork after faiss has run can make faiss hang
   in the child, see the project's tooling notes).
 """
@@ -73,6 +86,8 @@ __all__ = [
 # Upper bound on block_rows * (kmax + 1): 2**24 entries = 64 MiB of distances + 128 MiB of
 # indices per block.
 _MAX_BLOCK_ENTRIES = 1 << 24
+# Upper bound on block_rows * gallery size of the torch search's distance block: 2**27 float32 = 512 MiB.
+_MAX_DISTANCE_ENTRIES = 1 << 27
 
 
 # --------------------------------------------------------------------------- helpers
@@ -87,18 +102,40 @@ def _to_numpy(x, name: str) -> np.ndarray:
     return np.asarray(x)
 
 
+def _check_shape(shape, name: str) -> None:
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {tuple(shape)}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(shape)}")
+
+
 def _as_embeddings(x, name: str) -> np.ndarray:
+    """Contiguous float32 numpy (CPU) copy of embeddings, for faiss."""
     arr = _to_numpy(x, name)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+    _check_shape(arr.shape, name)
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinite values (after casting to float32)")
     return arr
+
+
+def _as_tensor_embeddings(x, name: str, device=None):
+    """float32 torch tensor of embeddings, left on its device (moved to `device` when given), for the
+    torch search; the same checks as `_as_embeddings`."""
+    import torch
+
+    if x is None:
+        raise ValueError(f"{name} must not be None")
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    _check_shape(t.shape, name)
+    if t.dtype == torch.bool or t.dtype.is_complex:
+        raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
+    t = t.to(device=device if device is not None else t.device, dtype=torch.float32).contiguous()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values (after casting to float32)")
+    return t
 
 
 def _as_labels(y, n: int, name: str, emb_name: str) -> np.ndarray:
@@ -115,15 +152,21 @@ def _as_labels(y, n: int, name: str, emb_name: str) -> np.ndarray:
     return arr
 
 
-def _prepare(embeddings, labels, gallery, gallery_labels):
-    """Validate inputs; return (queries, query_labels, gallery, gallery_labels, loo)."""
-    q = _as_embeddings(embeddings, "embeddings")
+def _prepare(embeddings, labels, gallery, gallery_labels, backend: str = "faiss"):
+    """Validate inputs; return (queries, query_labels, gallery, gallery_labels, loo). Labels are numpy
+    arrays; embeddings float32 numpy for faiss, float32 tensors on the queries' device for torch."""
+    if backend == "torch":
+        q = _as_tensor_embeddings(embeddings, "embeddings")
+        as_gallery = lambda x: _as_tensor_embeddings(x, "gallery", q.device)  # noqa: E731
+    else:
+        q = _as_embeddings(embeddings, "embeddings")
+        as_gallery = lambda x: _as_embeddings(x, "gallery")  # noqa: E731
     ql = _as_labels(labels, q.shape[0], "labels", "embeddings")
     if gallery is None and gallery_labels is None:
         return q, ql, q, ql, True
     if gallery is None or gallery_labels is None:
         raise ValueError("gallery and gallery_labels must be given together")
-    g = _as_embeddings(gallery, "gallery")
+    g = as_gallery(gallery)
     gl = _as_labels(gallery_labels, g.shape[0], "gallery_labels", "gallery")
     if g.shape[1] != q.shape[1]:
         raise ValueError(
@@ -155,29 +198,68 @@ def _faiss_threads(threads) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def _neighbour_blocks(
-    queries: np.ndarray,
-    gallery: np.ndarray,
-    kmax: int,
-    loo: bool,
-    block_size: int,
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (start, stop, I) with I the (stop-start, kmax) gallery indices of the kmax
-    nearest neighbours of queries[start:stop], nearest first, self excluded when loo."""
-    index = faiss.IndexFlatL2(gallery.shape[1])
-    index.add(gallery)
-    k_search = kmax + 1 if loo else kmax
-    rows = max(1, min(block_size, _MAX_BLOCK_ENTRIES // max(k_search, 1)))
-    nq = queries.shape[0]
-    for start in range(0, nq, rows):
-        stop = min(start + rows, nq)
-        _, idx = index.search(queries[start:stop], k_search)
+def _drop_self(idx, self_ids):
+    """Remove each row's own index from its neighbour list (leave-one-out); where it is missing (more than
+    k others at the query's own distance, e.g. duplicates) the last entry goes instead."""
+    is_self = idx == self_ids[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    return idx[~is_self].reshape(idx.shape[0], idx.shape[1] - 1)
+
+
+def _faiss_matches(q, ql, g, gl, depth: int, loo: bool, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (start, stop, match): match[i, j] is True when the j-th nearest neighbour of query start+i
+    (self excluded when loo) has its label; (stop - start, depth) booleans, nearest first."""
+    index = faiss.IndexFlatL2(g.shape[1])
+    index.add(g)
+    k_search = depth + 1 if loo else depth
+    rows = max(1, min(block_size, _MAX_BLOCK_ENTRIES // k_search))
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        _, idx = index.search(q[start:stop], k_search)
         if loo:
-            is_self = idx == np.arange(start, stop, dtype=idx.dtype)[:, None]
-            no_self = ~is_self.any(axis=1)
-            is_self[no_self, -1] = True
-            idx = idx[~is_self].reshape(stop - start, kmax)
-        yield start, stop, idx
+            idx = _drop_self(idx, np.arange(start, stop, dtype=idx.dtype))
+        yield start, stop, gl[idx] == ql[start:stop, None]
+
+
+def _torch_matches(q, ql, g, gl, depth: int, loo: bool, block_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """As `_faiss_matches`, by an exact search in torch on the embeddings' device: a block of queries times
+    the gallery in one matrix product, then top-k. Only the (block, depth) booleans leave the device."""
+    import torch
+
+    codes = np.unique(np.concatenate([ql, gl]), return_inverse=True)[1].reshape(-1)
+    qc = torch.from_numpy(codes[: len(ql)]).to(q.device)
+    gc = torch.from_numpy(codes[len(ql):]).to(q.device)
+    rows = max(1, min(block_size, _MAX_DISTANCE_ENTRIES // g.shape[0]))
+    previous = torch.get_float32_matmul_precision()
+    # Exact float32 whatever the run's precision: TF32 or bf16 would reorder neighbours far beyond ties.
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+            g_sq = (g * g).sum(dim=1)
+            for start in range(0, q.shape[0], rows):
+                stop = min(start + rows, q.shape[0])
+                # |g|^2 - 2 q.g: the |q|^2 of squared L2 is the same along a row, so it cannot change the order.
+                d = torch.addmm(g_sq[None, :], q[start:stop], g.T, alpha=-2.0)
+                if loo:  # self excluded by index, before the top-k
+                    own = torch.arange(stop - start, device=d.device)
+                    d[own, own + start] = float("inf")
+                idx = torch.topk(d, depth, dim=1, largest=False, sorted=True).indices
+                yield start, stop, (gc[idx] == qc[start:stop, None]).cpu().numpy()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+# How the nearest neighbours are found: faiss-cpu on CPU; torch on a GPU (see the module docstring).
+_MATCHERS = {"faiss": _faiss_matches, "torch": _torch_matches}
+
+
+def _choose_backend(backend, embeddings) -> str:
+    if backend is None:  # numpy arrays have device "cpu" (a str), torch tensors a torch.device
+        device = getattr(embeddings, "device", "cpu")
+        return "torch" if getattr(device, "type", "cpu") != "cpu" else "faiss"
+    if backend not in _MATCHERS:
+        raise ValueError(f"backend must be one of {sorted(_MATCHERS)} or None (automatic), got {backend!r}")
+    return backend
 
 
 def _validate_ks(ks, n_candidates: int, loo: bool) -> list[int]:
@@ -204,6 +286,51 @@ def _validate_ks(ks, n_candidates: int, loo: bool) -> list[int]:
     return out
 
 
+def _relevant_counts(ql: np.ndarray, gl: np.ndarray, loo: bool) -> np.ndarray:
+    """R of every query: the candidates with its label (the query itself not counted when loo)."""
+    uniq, counts = np.unique(gl, return_counts=True)
+    pos = np.searchsorted(uniq, ql)
+    pos_clipped = np.minimum(pos, len(uniq) - 1)
+    found = (pos < len(uniq)) & (uniq[pos_clipped] == ql)
+    r = np.where(found, counts[pos_clipped], 0).astype(np.int64)
+    return r - 1 if loo else r
+
+
+def _average_precision_at_r(match: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """AP@R of each row: (1/R) sum_{i<=R} P(i) rel(i) over the first R columns of `match` (0 where R = 0)."""
+    depth = int(r.max(initial=0))
+    if depth == 0:
+        return np.zeros(len(r))
+    ranks = np.arange(1, depth + 1)
+    rel = match[:, :depth] & (ranks[None, :] <= r[:, None])
+    precision = np.cumsum(rel, axis=1) / ranks[None, :]
+    return (precision * rel).sum(axis=1) / np.maximum(r, 1)
+
+
+def _retrieve(embeddings, labels, gallery, gallery_labels, ks, want_map: bool, block_size, threads,
+              backend) -> tuple[dict[int, float], float]:
+    """Recall@K for `ks` (None: none) and, with `want_map`, MAP@R, from ONE search of depth
+    max(max K, max R), blocked over queries."""
+    backend = _choose_backend(backend, embeddings)
+    q, ql, g, gl, loo = _prepare(embeddings, labels, gallery, gallery_labels, backend)
+    block_size = _check_block_size(block_size)
+    ks = [] if ks is None else _validate_ks(ks, g.shape[0] - 1 if loo else g.shape[0], loo)
+    r = _relevant_counts(ql, gl, loo) if want_map else np.zeros(len(ql), dtype=np.int64)
+    depth = max(ks + [int(r.max(initial=0))])
+    nq = q.shape[0]
+    first_hit = np.full(nq, depth, dtype=np.int64)  # 0-based rank of the first same-label neighbour
+    ap = np.zeros(nq)
+    if depth > 0:  # 0 only when MAP@R alone is asked and no query has R > 0
+        with _faiss_threads(threads):
+            for start, stop, match in _MATCHERS[backend](q, ql, g, gl, depth, loo, block_size):
+                first_hit[start:stop] = np.where(match.any(axis=1), match.argmax(axis=1), depth)
+                if want_map:
+                    ap[start:stop] = _average_precision_at_r(match, r[start:stop])
+    recall = {k: float(np.count_nonzero(first_hit < k)) / nq for k in ks}
+    valid = r > 0
+    return recall, float(ap[valid].mean()) if valid.any() else float("nan")
+
+
 # --------------------------------------------------------------------------- metrics
 def recall_at_k(
     embeddings,
@@ -214,30 +341,17 @@ def recall_at_k(
     gallery_labels=None,
     block_size: int = 4096,
     threads: int | None = None,
+    backend: str | None = None,
 ) -> dict[int, float]:
     """Recall@K: fraction of queries with at least one same-label item among their K
     nearest neighbours (squared L2). See the module docstring for leave-one-out, ties,
-    and queries without positives (they count as misses).
+    queries without positives (they count as misses) and ``backend``.
 
     Returns ``{k: recall}`` with recall in [0, 1], in the order of ``ks``.
     Raises ValueError if a k exceeds the number of candidates (N - 1 leave-one-out,
     the gallery size otherwise) or if inputs are inconsistent.
     """
-    q, ql, g, gl, loo = _prepare(embeddings, labels, gallery, gallery_labels)
-    block_size = _check_block_size(block_size)
-    n_candidates = g.shape[0] - 1 if loo else g.shape[0]
-    ks = _validate_ks(ks, n_candidates, loo)
-    kmax = max(ks)
-
-    nq = q.shape[0]
-    # rank (0-based) of the first same-label neighbour; kmax if none within kmax
-    first_hit = np.full(nq, kmax, dtype=np.int64)
-    with _faiss_threads(threads):
-        for start, stop, idx in _neighbour_blocks(q, g, kmax, loo, block_size):
-            match = gl[idx] == ql[start:stop, None]
-            has = match.any(axis=1)
-            first_hit[start:stop] = np.where(has, match.argmax(axis=1), kmax)
-    return {k: float(np.count_nonzero(first_hit < k)) / nq for k in ks}
+    return _retrieve(embeddings, labels, gallery, gallery_labels, ks, False, block_size, threads, backend)[0]
 
 
 def precision_at_1(embeddings, labels, **kwargs) -> float:
@@ -253,6 +367,7 @@ def map_at_r(
     gallery_labels=None,
     block_size: int = 4096,
     threads: int | None = None,
+    backend: str | None = None,
 ) -> float:
     """MAP@R (Musgrave, Belongie & Lim 2020).
 
@@ -260,60 +375,10 @@ def map_at_r(
     the number of same-label gallery items. With the R nearest neighbours retrieved,
     AP@R = (1/R) * sum_{i=1..R} P(i) * rel(i), where P(i) is the precision of the first
     i neighbours and rel(i) is 1 if the i-th neighbour has the query's label. The result
-    is the mean over queries with R > 0 (``nan`` if there are none). The search uses
-    kmax = max R (per block of queries).
+    is the mean over queries with R > 0 (``nan`` if there are none). The search depth is
+    the largest R.
     """
-    q, ql, g, gl, loo = _prepare(embeddings, labels, gallery, gallery_labels)
-    block_size = _check_block_size(block_size)
-
-    uniq, counts = np.unique(gl, return_counts=True)
-    pos = np.searchsorted(uniq, ql)
-    pos_clipped = np.minimum(pos, len(uniq) - 1)
-    found = (pos < len(uniq)) & (uniq[pos_clipped] == ql)
-    r = np.where(found, counts[pos_clipped], 0).astype(np.int64)
-    if loo:
-        r -= 1  # the query itself
-    valid = r > 0
-    n_valid = int(np.count_nonzero(valid))
-    if n_valid == 0:
-        return float("nan")
-
-    # Queries with R > 0, sorted by R so that each block searches only as deep as it needs.
-    # Rows are gathered block by block (no full copy of the queries).
-    rows_valid = np.flatnonzero(valid)
-    order = np.argsort(r[rows_valid], kind="stable")
-    orig_rows = rows_valid[order]  # index of each sorted query in the full query set
-    qlv, rv = ql[orig_rows], r[orig_rows]
-
-    total = 0.0
-    index = faiss.IndexFlatL2(g.shape[1])
-    index.add(g)
-    with _faiss_threads(threads):
-        start = 0
-        while start < n_valid:
-            # Block: at most block_size rows and at most _MAX_BLOCK_ENTRIES results.
-            stop = min(start + block_size, n_valid)
-            kmax = int(rv[stop - 1])
-            k_search = kmax + 1 if loo else kmax
-            rows = max(1, min(block_size, _MAX_BLOCK_ENTRIES // k_search))
-            if rows < stop - start:
-                stop = start + rows
-            _, idx = index.search(q[orig_rows[start:stop]], k_search)
-            if loo:
-                self_ids = orig_rows[start:stop]
-                is_self = idx == self_ids[:, None]
-                no_self = ~is_self.any(axis=1)
-                is_self[no_self, -1] = True
-                idx = idx[~is_self].reshape(stop - start, kmax)
-            rb = rv[start:stop]
-            cols = np.arange(kmax)
-            rel = (gl[idx] == qlv[start:stop, None]) & (cols[None, :] < rb[:, None])
-            hits = np.cumsum(rel, axis=1)
-            prec = hits / (cols + 1)[None, :]
-            ap = (prec * rel).sum(axis=1) / rb
-            total += float(ap.sum())
-            start = stop
-    return total / n_valid
+    return _retrieve(embeddings, labels, gallery, gallery_labels, None, True, block_size, threads, backend)[1]
 
 
 def nmi(
@@ -384,17 +449,15 @@ def evaluate_retrieval(
     threads: int | None = None,
     nmi_seed: int = 0,
     compute_nmi: bool = True,
+    backend: str | None = None,
 ) -> dict[str, float]:
     """All retrieval metrics in one dict: ``recall_at_{k}`` for each k in ``ks`` (in
     [0, 1]), ``map_at_r`` and, if ``compute_nmi``, ``nmi`` (computed on ``embeddings``,
-    i.e. on the query set when a gallery is given)."""
-    common = dict(
-        gallery=gallery, gallery_labels=gallery_labels, block_size=block_size, threads=threads
-    )
-    out: dict[str, float] = {}
-    for k, v in recall_at_k(embeddings, labels, ks, **common).items():
-        out[f"recall_at_{k}"] = v
-    out["map_at_r"] = map_at_r(embeddings, labels, **common)
+    i.e. on the query set when a gallery is given). Recall@K and MAP@R come from one
+    search of depth max(max K, max R); NMI's k-means always runs on faiss-cpu."""
+    recall, map_r = _retrieve(embeddings, labels, gallery, gallery_labels, ks, True, block_size, threads, backend)
+    out: dict[str, float] = {f"recall_at_{k}": v for k, v in recall.items()}
+    out["map_at_r"] = map_r
     if compute_nmi:
         out["nmi"] = nmi(embeddings, labels, seed=nmi_seed, threads=threads)
     return out

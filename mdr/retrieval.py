@@ -34,17 +34,25 @@ class Embeddings:
         """How many items a query can retrieve (the Ks above it are left out)."""
         return len(self.gallery) if self.gallery is not None else len(self.query) - 1
 
-    def metrics(self, ks: list[int], full: bool = False) -> dict[str, float]:
-        """Recall@K for the Ks that fit; with `full`, also MAP@R and NMI."""
+    def metrics(self, ks: list[int], full: bool = False, device=None) -> dict[str, float]:
+        """Recall@K for the Ks that fit; with `full`, also MAP@R and NMI (one search for both). On a GPU
+        `device` (a torch.device) the neighbours are searched there (mdr.metrics, backend "torch"); on the
+        CPU or None, by faiss-cpu."""
         from mdr import metrics
 
         ks = [k for k in ks if k <= self.candidates]
+        query, gallery = self.query, self.gallery
+        if device is not None and device.type != "cpu":
+            import torch
+
+            query = torch.from_numpy(query).to(device)
+            gallery = None if gallery is None else torch.from_numpy(gallery).to(device)
         kwargs = {}
-        if self.gallery is not None:
-            kwargs = {"gallery": self.gallery, "gallery_labels": self.gallery_labels}
+        if gallery is not None:
+            kwargs = {"gallery": gallery, "gallery_labels": self.gallery_labels}
         if full:
-            return metrics.evaluate_retrieval(self.query, self.query_labels, ks, **kwargs)
-        return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(self.query, self.query_labels, ks, **kwargs).items()}
+            return metrics.evaluate_retrieval(query, self.query_labels, ks, **kwargs)
+        return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(query, self.query_labels, ks, **kwargs).items()}
 
     def save(self, path: str | os.PathLike, *, epoch: int, fingerprint: str) -> None:
         """Write atomically, with the epoch (1-based) and the config fingerprint they belong to."""

@@ -18,9 +18,11 @@ from mdr.metrics import evaluate_retrieval, map_at_r, nmi, precision_at_1, recal
 #   A=0 (a)  B=1 (b)  C=3 (a)  D=7 (b)  E=12 (b)  F=20 (a)
 LINE_X = np.array([[0.0], [1.0], [3.0], [7.0], [12.0], [20.0]], dtype=np.float32)
 LINE_Y = np.array([0, 1, 0, 1, 1, 0])  # a=0, b=1
+BACKENDS = ["faiss", "torch"]  # the torch search runs here on CPU tensors; on a GPU in the runs
 
 
-def test_leave_one_out_hand_computed():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_leave_one_out_hand_computed(backend):
     # Neighbours of each point (others only), nearest first, |distance| in brackets:
     #   A(a): B1 C3 D7 E12 F20  -> labels b a b b a
     #   B(b): A1 C2 D6 E11 F19  -> labels a a b b a
@@ -30,19 +32,20 @@ def test_leave_one_out_hand_computed():
     #   F(a): E8 D13 C17 B19 A20 -> labels b b a b a
     # First same-label rank (1-based): A2 B3 C2 D2 E1 F3
     # Recall@1 = 1/6 (E), Recall@2 = 4/6 (A, C, D, E), Recall@3 = 6/6.
-    r = recall_at_k(LINE_X, LINE_Y, [1, 2, 3, 5])
+    r = recall_at_k(LINE_X, LINE_Y, [1, 2, 3, 5], backend=backend)
     assert r == pytest.approx({1: 1 / 6, 2: 4 / 6, 3: 1.0, 5: 1.0})
     assert list(r) == [1, 2, 3, 5]
-    assert precision_at_1(LINE_X, LINE_Y) == pytest.approx(1 / 6)
+    assert precision_at_1(LINE_X, LINE_Y, backend=backend) == pytest.approx(1 / 6)
     # MAP@R: each class has 3 members, so R = 2 for every query.
     #   A: rel [0,1] -> (1/2)(1/2) = 1/4      B: rel [0,0] -> 0
     #   C: rel [0,1] -> 1/4                    D: rel [0,1] -> 1/4
     #   E: rel [1,0] -> (1/2)(1/1) = 1/2       F: rel [0,0] -> 0
     #   MAP@R = (1/4 + 0 + 1/4 + 1/4 + 1/2 + 0) / 6 = 1.25 / 6
-    assert map_at_r(LINE_X, LINE_Y) == pytest.approx(1.25 / 6)
+    assert map_at_r(LINE_X, LINE_Y, backend=backend) == pytest.approx(1.25 / 6)
 
 
-def test_query_gallery_hand_computed():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_query_gallery_hand_computed(backend):
     # Queries against the six line points (nothing excluded):
     #   q1=2.2 (a):  C0.8 B1.2 A2.2 D4.8 ...  -> labels a b a  (first hit rank 1)
     #   q2=9.8 (b):  E2.2 D2.8 C6.8 B8.8 ...  -> labels b b a  (first hit rank 1)
@@ -50,45 +53,48 @@ def test_query_gallery_hand_computed():
     # Recall@1 = 2/3, Recall@2 = 3/3.
     q = np.array([[2.2], [9.8], [16.5]], dtype=np.float32)
     ql = np.array([0, 1, 1])
-    r = recall_at_k(q, ql, [1, 2, 6], gallery=LINE_X, gallery_labels=LINE_Y)
+    r = recall_at_k(q, ql, [1, 2, 6], gallery=LINE_X, gallery_labels=LINE_Y, backend=backend)
     assert r == pytest.approx({1: 2 / 3, 2: 1.0, 6: 1.0})
     # MAP@R: 3 gallery items per class, R = 3.
     #   q1 rel [1,0,1]: (1 + 2/3) / 3 = 5/9
     #   q2 rel [1,1,0]: (1 + 1) / 3   = 2/3
     #   q3 rel [0,1,1]: (1/2 + 2/3)/3 = 7/18
     #   MAP@R = (5/9 + 2/3 + 7/18) / 3 = 29/54
-    m = map_at_r(q, ql, gallery=LINE_X, gallery_labels=LINE_Y)
+    m = map_at_r(q, ql, gallery=LINE_X, gallery_labels=LINE_Y, backend=backend)
     assert m == pytest.approx(29 / 54)
 
 
-def test_duplicates_are_neighbours_self_excluded_by_index():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicates_are_neighbours_self_excluded_by_index(backend):
     # Points 0 and 1 are identical: each is the other's nearest neighbour (distance 0),
     # which must count. Point 2 (at 4, label 8): neighbours 0,1 (16, label 7), 3 (25, label 8).
     x = np.array([[0.0], [0.0], [4.0], [9.0]], dtype=np.float32)
     y = np.array([7, 7, 8, 8])
-    assert recall_at_k(x, y, [1, 2, 3]) == pytest.approx({1: 0.75, 2: 0.75, 3: 1.0})
+    assert recall_at_k(x, y, [1, 2, 3], backend=backend) == pytest.approx({1: 0.75, 2: 0.75, 3: 1.0})
     # MAP@R: R=1 for everyone; hits at rank 1 for points 0, 1, 3 -> 3/4
-    assert map_at_r(x, y) == pytest.approx(0.75)
+    assert map_at_r(x, y, backend=backend) == pytest.approx(0.75)
 
 
-def test_all_identical_points_self_not_in_searched_row():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_identical_points_self_not_in_searched_row(backend):
     # With k=1 faiss returns 2 of 5 zero-distance points; for most queries the query itself
     # is not among them, so the last entry is dropped instead. All labels equal -> 1.0.
     x = np.zeros((5, 3), dtype=np.float32)
     y = np.full(5, 3)
-    assert recall_at_k(x, y, [1, 4]) == {1: 1.0, 4: 1.0}
-    assert map_at_r(x, y) == pytest.approx(1.0)
+    assert recall_at_k(x, y, [1, 4], backend=backend) == {1: 1.0, 4: 1.0}
+    assert map_at_r(x, y, backend=backend) == pytest.approx(1.0)
 
 
-def test_query_without_positive_counts_as_miss_and_is_skipped_by_map():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_query_without_positive_counts_as_miss_and_is_skipped_by_map(backend):
     q = np.array([[2.2], [9.8]], dtype=np.float32)
     ql = np.array([0, 5])  # label 5 does not occur in the gallery
-    r = recall_at_k(q, ql, [1, 6], gallery=LINE_X, gallery_labels=LINE_Y)
+    r = recall_at_k(q, ql, [1, 6], gallery=LINE_X, gallery_labels=LINE_Y, backend=backend)
     assert r == pytest.approx({1: 0.5, 6: 0.5})
     # Only q1 has R > 0: its AP@R is 5/9 (see above).
-    assert map_at_r(q, ql, gallery=LINE_X, gallery_labels=LINE_Y) == pytest.approx(5 / 9)
+    assert map_at_r(q, ql, gallery=LINE_X, gallery_labels=LINE_Y, backend=backend) == pytest.approx(5 / 9)
     # Leave-one-out singleton classes: skipped by MAP@R; nan if nothing remains.
-    assert np.isnan(map_at_r(LINE_X[:2], np.array([0, 1])))
+    assert np.isnan(map_at_r(LINE_X[:2], np.array([0, 1]), backend=backend))
 
 
 def test_accepts_torch_and_float64_and_column_labels():
@@ -220,6 +226,108 @@ def test_recall_at_k_and_map_agree_with_brute_force(data, loo):
     for k in ks:  # the first hit can move only across a near-tie at or before it
         assert got[k] == pytest.approx(expected[k], abs=tolerance(tie <= hit)), k
     assert map_at_r(q, ql, **kw) == pytest.approx(brute_force_map_at_r(q, ql, g, gl, loo), abs=tolerance(tie <= r - 1))
+
+
+# --------------------------------------------------------------------------- torch search, one search
+def split(data, loo):
+    x, y = data
+    if loo:
+        return x, y, x, y, {}
+    return x[:250], y[:250], x[250:], y[250:], dict(gallery=torch.from_numpy(x[250:]), gallery_labels=y[250:])
+
+
+@pytest.mark.parametrize("loo", [True, False])
+def test_torch_search_agrees_with_faiss_and_brute_force(data, loo):
+    q, ql, g, gl, kw = split(data, loo)
+    ks = [1, 2, 4, 8, 16, 32, 100]
+    faiss_kw = {k: (v.numpy() if k == "gallery" else v) for k, v in kw.items()}
+    via_faiss = evaluate_retrieval(q, ql, ks, backend="faiss", compute_nmi=False, **faiss_kw)
+    via_torch = evaluate_retrieval(torch.from_numpy(q), ql, ks, backend="torch", compute_nmi=False, **kw)
+    first = brute_force_first_hit(q, ql, g, gl, loo)
+    tie, hit, r = near_tie_ranks(q, ql, g, gl, loo)
+    assert 0.3 < via_torch["recall_at_1"] < 0.95  # not a saturated case
+    for k in ks:  # each differs from the exact order only at near-ties, so from each other by as many
+        assert via_torch[f"recall_at_{k}"] == pytest.approx(via_faiss[f"recall_at_{k}"], abs=tolerance(tie <= hit))
+        assert via_torch[f"recall_at_{k}"] == pytest.approx(np.mean(first < k), abs=tolerance(tie <= hit))
+    assert via_torch["map_at_r"] == pytest.approx(via_faiss["map_at_r"], abs=tolerance(tie <= r - 1))
+    assert via_torch["map_at_r"] == pytest.approx(brute_force_map_at_r(q, ql, g, gl, loo), abs=tolerance(tie <= r - 1))
+
+
+def test_torch_search_block_size_and_precision_settings_do_not_change_results(data):
+    x, y = data
+    tie, hit, r = near_tie_ranks(x, y, x, y, True)
+    t = torch.from_numpy(x)
+    full = evaluate_retrieval(t, y, [1, 10], backend="torch", compute_nmi=False)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:  # a bf16 autocast region (item 3's training precision) must not leak into the search
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = evaluate_retrieval(t, y, [1, 10], backend="torch", block_size=7, compute_nmi=False)
+        assert torch.get_float32_matmul_precision() == "medium"  # restored after the call
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    for k in (1, 10):
+        assert got[f"recall_at_{k}"] == pytest.approx(full[f"recall_at_{k}"], abs=tolerance(tie <= hit))
+    assert got["map_at_r"] == pytest.approx(full["map_at_r"], abs=tolerance(tie <= r - 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_retrieval_searches_once_to_max_k_and_r(data, backend, monkeypatch):
+    from mdr import metrics
+
+    x, y = data  # 20 per class: R = 19 leave-one-out, deeper than max K = 4
+    calls = []
+    search = metrics._MATCHERS[backend]
+
+    def counting(q, ql, g, gl, depth, loo, block_size):
+        calls.append(depth)
+        yield from search(q, ql, g, gl, depth, loo, block_size)
+
+    monkeypatch.setitem(metrics._MATCHERS, backend, counting)
+    got = evaluate_retrieval(torch.from_numpy(x), y, [1, 4], backend=backend, compute_nmi=False)
+    assert calls == [19]
+    evaluate_retrieval(x, y, [1, 100], backend=backend, compute_nmi=False)
+    assert calls == [19, 100]
+    # The same values as the separate functions (which search as deep as each needs: max K, max R).
+    tie, hit, r = near_tie_ranks(x, y, x, y, True)
+    assert got["recall_at_4"] == pytest.approx(recall_at_k(x, y, [4], backend=backend)[4], abs=tolerance(tie <= hit))
+    assert got["map_at_r"] == pytest.approx(map_at_r(x, y, backend=backend), abs=tolerance(tie <= r - 1))
+    assert calls == [19, 100, 4, 19]
+
+
+def test_backend_is_chosen_by_the_embeddings_device():
+    from mdr.metrics import _choose_backend
+
+    class OnGpu:  # what a CUDA tensor looks like to the chooser, without a GPU
+        device = torch.device("cuda", 0)
+
+    assert _choose_backend(None, OnGpu()) == "torch"
+    assert _choose_backend(None, torch.zeros(2, 2)) == "faiss"  # CPU tensors: faiss-cpu
+    assert _choose_backend(None, np.zeros((2, 2))) == "faiss"
+    assert _choose_backend("torch", np.zeros((2, 2))) == "torch"
+    with pytest.raises(ValueError, match=r"backend must be one of \['faiss', 'torch'\].*got 'cuda'"):
+        recall_at_k(LINE_X, LINE_Y, [1], backend="cuda")
+
+
+def test_torch_search_rejects_what_faiss_rejects():
+    with pytest.raises(ValueError, match="embeddings contains NaN"):
+        recall_at_k(torch.full((6, 1), float("nan")), LINE_Y, [1], backend="torch")
+    with pytest.raises(ValueError, match="2-D"):
+        recall_at_k(torch.zeros(6), LINE_Y, [1], backend="torch")
+    with pytest.raises(ValueError, match="real-valued"):
+        recall_at_k(torch.zeros(6, 1, dtype=torch.bool), LINE_Y, [1], backend="torch")
+    with pytest.raises(ValueError, match="dimension"):
+        recall_at_k(LINE_X, LINE_Y, [1], gallery=np.zeros((6, 2)), gallery_labels=LINE_Y, backend="torch")
+
+
+def test_kept_embeddings_metrics_on_a_device_equal_the_cpu_ones(data):
+    from mdr.retrieval import Embeddings
+
+    x, y = data
+    emb = Embeddings(x[:200], y[:200], x[200:], y[200:])
+    # On the CPU device the search is faiss's; on a GPU device it is the torch backend, tested above on
+    # CPU tensors (no test depends on a GPU).
+    assert emb.metrics([1, 4], full=True, device=torch.device("cpu")) == emb.metrics([1, 4], full=True)
 
 
 def test_nmi_matches_sklearn_and_is_high_on_separated_clusters():
