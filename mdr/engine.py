@@ -161,7 +161,7 @@ def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size:
 def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int], batch_size: int,
                       device: torch.device, full: bool = False) -> dict[str, float]:
     """Recall@K (and with `full`, MAP@R and NMI) of a model on prepared evaluation sets."""
-    return embed_sets(model, sets, batch_size, device).metrics(ks, full)
+    return embed_sets(model, sets, batch_size, device).metrics(ks, full, device)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -229,7 +229,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
             embeddings = None
             if evaluate_now:
                 embeddings = embed_sets(model, eval_sets, config.eval.batch_size, device)
-                record.update(embeddings.metrics(config.eval.ks))
+                record.update(embeddings.metrics(config.eval.ks, device=device))
                 if train_eval_set is not None:
                     train_metrics = retrieval_metrics(model, train_eval_set, config.eval.ks, config.eval.batch_size, device)
                     record.update({f"train_{k}": v for k, v in train_metrics.items()})
