@@ -19,8 +19,14 @@ Rules:
   * a file already present is verified (hash, size), never downloaded again; its digests are cached in a
     small `.<name>.hashes.json` stamp keyed by size and mtime so a 3 GB archive is hashed once;
   * a file with a wrong hash is renamed to `<name>.corrupt` (never silently reused or deleted) and the
-    error names the file, expected and actual hash, and what to do;
-  * mirrors are tried in order, each with a few retries that resume the partial file;
+    error names the file, expected and actual hash, and what to do; every placed file is checked before
+    reporting, so one run names all the bad ones;
+  * `verified_against_published_hash` is true only for a hash the publisher gives (`published(...)`), not
+    for one a caller substituted;
+  * a missing file with something very like it nearby (another packing, one folder down, the extracted
+    folder) is not downloaded: `NearMissError` names it and what to rename or pass (`--source`, usercopy.py);
+  * mirrors are tried in order, each with a few retries that resume the partial file; a failure is
+    reported once per mirror, with its cause in a few words and how many attempts met it;
   * when no mirror works, or a source has none (Cars, In-Shop), `ManualDownloadRequired` says which
     files to get, their sizes and hashes where known, where people obtain them, and the exact folder to
     put them in; once they are there the same command verifies them and goes on.
@@ -54,11 +60,14 @@ __all__ = [
     "FileRecord",
     "FetchError",
     "ManualDownloadRequired",
+    "NearMissError",
     "HashMismatchError",
     "CorruptArchiveError",
     "UnsafeArchiveError",
     "ResumableHTTPDownloader",
     "fetch_sources",
+    "near_misses",
+    "published",
     "verify_file",
     "file_digests",
     "manual_download_message",

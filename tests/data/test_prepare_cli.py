@@ -275,3 +275,14 @@ def test_cars_every_bad_file_reported_in_one_run(tmp_path, capsys):
     assert "2 files are not the expected ones" in line
     assert "d5c8f0aa497503f355e17dc7886c3f14" in line and "b407c6086d669747186bd1d764ff9dbc" in line
     assert (raw / "car_ims.tgz.corrupt").exists() and (raw / "cars_annos.mat.corrupt").exists()
+
+
+def test_cars_file_one_folder_down_is_named(tmp_path, capsys):
+    raw = tmp_path / "data" / "raw" / "cars196"
+    make_cars_annos(raw / "stanford-cars")  # the two files, one folder too deep
+    rc, _, err = run(capsys, "cars196", "--data-root", str(tmp_path / "data"))
+    line = one_line(rc, err)
+    assert f"no complete set of release files in {raw}" in line
+    for name in ("car_ims.tgz", "cars_annos.mat"):
+        assert (f"{raw / 'stanford-cars' / name} looks like it (the same file one folder down): move or rename it to "
+                f"{raw / name}") in line

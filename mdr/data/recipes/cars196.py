@@ -23,10 +23,12 @@ import pandas as pd
 
 from ..fetch import (
     ManualDownloadRequired,
+    NearMissError,
     Source,
     extraction_dir,
     fetch_sources,
     manual_download_message,
+    near_misses,
     published,
     safe_extract,
 )
@@ -125,6 +127,10 @@ def fetch(raw_dir: Path, progress: bool = True, download: bool = True):
         return fetch_sources(SOURCES_CLASSIFICATION, raw_dir, progress=progress, download=False)
     if layout == "kaggle":
         return {}
+    near = [m for s in SOURCES_ANNOS + SOURCES_CLASSIFICATION
+            if not (raw_dir / s.filename).exists() for m in near_misses(s, raw_dir)]
+    if near:
+        raise NearMissError(f"Cars-196: no complete set of release files in {raw_dir}, but {'; '.join(near)}")
     raise ManualDownloadRequired(manual_message(raw_dir), missing=SOURCES_ANNOS + SOURCES_CLASSIFICATION,
                                  folder=raw_dir)
 
