@@ -121,13 +121,15 @@ def build_prepared(
     workers: int | None = None,
     fix: str = "",
     counted_from: str = "",
+    counts_fix: str = "",
 ) -> PreparedDataset:
     """rows (path, class_id, class_name, split) -> prepared dataset at out_dir.
 
     Counts are checked before any image is decoded (a wrong release fails in seconds, not after an
     hour), and again by write_prepared. Without `loader`, row i is the image file raw_root / path.
     `fix`: what to do about missing or undecodable images (default: re-extract the verified archive).
-    `counted_from`: the annotation file(s) the rows come from, named when a count differs.
+    `counted_from`: the annotation file(s) the rows come from, named when a count differs; `counts_fix`: what
+    to do then (default: re-fetch).
     """
     if int(image_size) < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
@@ -135,9 +137,9 @@ def build_prepared(
     rows = assign_labels(rows)
     counts = rows["split"].value_counts().to_dict()
     if expected_counts:
-        check_counts(name, counts, dict(expected_counts), counted_from, fix)
+        check_counts(name, counts, dict(expected_counts), counted_from, counts_fix)
     if expected_classes:
-        check_classes(name, rows, expected_classes, counted_from, fix)
+        check_classes(name, rows, expected_classes, counted_from, counts_fix)
     if loader is None:
         if raw_root is None:
             raise ValueError("build_prepared needs raw_root or loader")

@@ -226,6 +226,8 @@ def test_inshop_count_mismatch_names_the_partition_file(tmp_path, capsys):
     line = one_line(rc, err)
     assert f"image counts in {raw / 'list_eval_partition.txt'} differ from the published split" in line
     assert "train: expected 25,882 images, found 5" in line
+    assert "put the original Eval/list_eval_partition.txt from the Drive folder" in line
+    _no_download_advice(line)
 
 
 def test_cars_kaggle_folders_missing_from_names_csv_all_named(tmp_path, capsys):

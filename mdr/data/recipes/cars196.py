@@ -265,6 +265,8 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
         counted_from={"annos": "cars_annos.mat", "classification": "cars_train_annos.mat and "
                       "cars_test_annos_withlabels.mat", "kaggle": "the class folders of the Kaggle copy"}[layout],
         fix=REEXTRACT if layout != "kaggle" else "restore the missing images of the Kaggle copy",
+        counts_fix="" if layout != "kaggle" else ("the Kaggle copy is incomplete or another release; put a complete "
+                                                  "copy there and run the same command again"),
     )
 
 

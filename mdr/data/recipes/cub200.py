@@ -95,6 +95,7 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
         published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
         expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
         fix=repair(raw_dir), counted_from="image_class_labels.txt (classes 1-100 train, 101-200 test)",
+        counts_fix=usercopy.fix(raw_dir, ""),
     )
 
 

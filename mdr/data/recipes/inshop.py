@@ -98,7 +98,7 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
               "split_protocol": "list_eval_partition.txt: train / query / gallery; labels = item ids"},
         published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
         expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
-        fix=fix_images(raw_dir), counted_from=str(raw_dir / PARTITION),
+        fix=fix_images(raw_dir), counted_from=str(raw_dir / PARTITION), counts_fix=fix_partition(raw_dir),
     )
 
 

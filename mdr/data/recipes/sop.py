@@ -79,6 +79,7 @@ def prepare(raw_dir: Path, out_dir: Path, image_size: int, expected_counts: Mapp
         published_counts=EXPECTED_COUNTS, published_classes=EXPECTED_CLASSES,
         expected_counts=expected_counts, expected_classes=expected_classes, progress=progress, workers=workers,
         fix=usercopy.fix(raw_dir, REEXTRACT), counted_from="Ebay_train.txt / Ebay_test.txt",
+        counts_fix=usercopy.fix(raw_dir, ""),
     )
 
 
