@@ -288,3 +288,39 @@ def test_cars_file_one_folder_down_is_named(tmp_path, capsys):
     for name in ("car_ims.tgz", "cars_annos.mat"):
         assert (f"{raw / 'stanford-cars' / name} looks like it (the same file one folder down): move or rename it to "
                 f"{raw / name}") in line
+
+
+def _params_with_sources(tmp_path, monkeypatch, text):
+    import mdr.grid
+
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "sources.yaml").write_text(text)
+    monkeypatch.setattr(mdr.grid, "PARAMS_DIR", params)
+    return params / "sources.yaml"
+
+
+def test_source_from_params(tmp_path, capsys, monkeypatch, cub_small):
+    copy = write_tree(tmp_path / "shared", cub_files()) / "CUB_200_2011"
+    _params_with_sources(tmp_path, monkeypatch, f"sources:\n  cub200: {copy}\n")
+    rc, out, err = run(capsys, "cub200", "--data-root", str(tmp_path / "data"), "--no-fetch")
+    assert rc == 0, err
+    assert f"cub200: using CUB_200_2011.tgz: {copy} (extracted folder" in out
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("sources:\n  cub20: /x\n", "sources.cub20: unknown dataset; known: "),
+    ("sources:\n  cub200: [1]\n", "sources.cub200: expected a path, found [1]"),
+    ("cub200: /x\n", "expected one key `sources` holding `dataset: path` entries, found ['cub200']"),
+    ("sources: {cub200: /x\n", "not valid YAML"),
+])
+def test_bad_params_sources_is_one_line(tmp_path, capsys, monkeypatch, text, expect):
+    path = _params_with_sources(tmp_path, monkeypatch, text)
+    rc, _, err = run(capsys, "cub200", "--data-root", str(tmp_path / "data"), "--no-fetch")
+    assert one_line(rc, err).startswith(f"error: {path}: ") and expect in err
+
+
+def test_shipped_params_sources_is_empty():
+    from pipeline.prepare import configured_source
+
+    assert configured_source("cub200") is None
