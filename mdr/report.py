@@ -304,6 +304,8 @@ def verdicts_markdown(df: pd.DataFrame) -> list[str]:
     for r in df.itertuples():
         ours = f"{_signed(r.diff)} [{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
         verdict = f"**{r.verdict}**" if r.verdict in (stats.REPRODUCED, stats.CONTRADICTED) else r.verdict
+        if r.runs_first == r.runs_second:  # e.g. two presets that resolve to one config: nothing to compare
+            verdict += " (the same runs)"
         lines.append(f"| {r.where} | {r.first} − {r.second} | {_metric_label(r.metric)} | {_claim(r)} | {ours} "
                      f"| {_p(r.p)} | {r.test} ({r.n}) | {verdict} |")
     return lines

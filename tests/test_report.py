@@ -17,7 +17,7 @@ import yaml
 from mdr import stats
 from mdr.config import ConfigError
 from mdr.grid import PARAMS_DIR, load_grid, load_table
-from mdr.report import NO_CLAIM, comparison_table, write_report
+from mdr.report import NO_CLAIM, comparison_table, verdicts_markdown, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = ["table2b", "closedset", "figure4a"]
@@ -115,6 +115,24 @@ def test_a_published_tie_makes_no_claim(grid, tmp_path):
     assert tie["where"] == "dimension 256, cars196"
     others = df.drop(tie.name)
     assert set(others["verdict"]) == {stats.NOT_RESOLVED}  # every method equal: nothing significant
+
+
+def test_two_cells_of_the_same_runs_are_not_resolved_and_say_so(tmp_path):
+    # two table1 rows whose presets resolve to one config share their runs (as in a shrunken profile)
+    params = _params(tmp_path, ["table1"])
+    profile = params / "profiles" / "smoke.yaml"
+    data = yaml.safe_load(profile.read_text())
+    data["image_sizes"][256] = dict(data["image_sizes"][224])
+    profile.write_text(yaml.safe_dump(data))
+    grid = load_grid("smoke", params, use_tuned=False)
+    mdr, dagger = (_cell(grid, "table1", method=m, dataset="cub200") for m in ("Triplet+MDR", "Triplet+MDR†"))
+    assert mdr.run_ids == dagger.run_ids
+    _write(tmp_path / "runs", grid, mdr, _r1(BASE))
+    df = comparison_table(grid, "table1", tmp_path / "runs")
+    r = _row(df, dataset="cub200", first="Triplet+MDR†")
+    assert r["diff"] == 0.0 and math.isnan(r.p) and r.verdict == stats.NOT_RESOLVED
+    assert "| cub200 | Triplet+MDR† − Triplet+MDR | R@1 | +2.6 (71.4 vs 68.8) | +0.0 [+0.0, +0.0] | — | paired t (3) " \
+           "| not resolved (the same runs) |" in verdicts_markdown(df)
 
 
 def test_missing_runs_shrink_the_pairs_then_leave_the_comparison_untested(grid, tmp_path):
