@@ -597,6 +597,9 @@ def manual_download_message(
         if not s.urls:
             lines.append("      (no automatic download exists for this file)")
     lines.append(f"Put them, with exactly these names, in: {folder}")
+    if any(s.extracted_marker for s in sources):
+        lines.append("Or, if you already have a copy (an extracted folder, or an archive packed differently), pass "
+                     "`--source PATH` (or set it in params/sources.yaml) to use it where it is.")
     lines.append("Then run the same command again: the files are verified by checksum and preparation continues.")
     return "\n".join(lines)
 

@@ -324,3 +324,9 @@ def test_shipped_params_sources_is_empty():
     from pipeline.prepare import configured_source
 
     assert configured_source("cub200") is None
+
+
+def test_manual_placement_message_mentions_source(tmp_path, capsys):
+    rc, _, err = run(capsys, "cub200", "--data-root", str(tmp_path / "data"), "--no-fetch")
+    assert rc == 2 and "CUB_200_2011.tgz (1,150,585,339 bytes" in err
+    assert "if you already have a copy (an extracted folder, or an archive packed differently), pass `--source PATH`" in err
