@@ -193,6 +193,17 @@ def test_a_wrong_declaration_names_the_file_the_key_and_the_allowed_values(tmp_p
         load_table("table2b", params)
 
 
+def test_a_table_of_the_datasets_ks_compares_recall_at_k_only(tmp_path):
+    params = _params(tmp_path, ["table1"])
+    path = params / "tables" / "table1.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["comparisons"][0]["metrics"] = ["recall_at_2", "map_at_r"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"table1\.yaml: .*comparisons\[0\]\.metrics: 'map_at_r' is not a metric "
+                                          r"of the table; allowed: recall_at_<K> of the dataset's K values"):
+        load_table("table1", params)
+
+
 def test_cost_ratio_cannot_be_compared_per_seed(tmp_path):
     params = _params(tmp_path, ["regularizers"])
     path = params / "tables" / "regularizers.yaml"
