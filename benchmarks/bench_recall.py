@@ -25,6 +25,12 @@ Methods:
 
 * ``mdr recall_at_k``: ks = [1, 10, 100, kmax], leave-one-out, blocked faiss search.
 * ``mdr map_at_r``: MAP@R, leave-one-out.
+* ``faiss bare``: one ``IndexFlatL2.search`` of all rows with k = kmax + 1 (index built
+  inside the timed call, as ours does): the floor that our evaluation is measured against.
+* ``mdr evaluate``: ``evaluate_retrieval(..., compute_nmi=False)``: Recall@K for ks and
+  MAP@R from one blocked search of depth max(kmax, max R) + 1 -- what a run's evaluation
+  computes. ``mdr evaluate torch``: the same with ``backend="torch"`` on the GPU when there
+  is one (on the CPU otherwise).
 * ``PML k=<k>``: ``AccuracyCalculator(include=("precision_at_1",
   "mean_average_precision_at_r"), k=<k>)`` with ``get_accuracy(x, y, x, y,
   ref_includes_query=True)``. ``k="max_bin_count"`` (the setting MAP@R needs; search depth
@@ -139,7 +145,33 @@ def run_worker(args) -> None:
     ks = sorted({1, 10, 100, args.kmax})
     result: dict = {"worker": args.worker}
 
-    if args.worker in ("mdr_recall", "mdr_map"):
+    if args.worker == "faiss_bare":
+        def call():
+            index = faiss.IndexFlatL2(x.shape[1])
+            index.add(x)
+            index.search(x, args.kmax + 1)
+            return {}
+
+        result["search_k"] = args.kmax + 1
+    elif args.worker in ("mdr_eval", "mdr_eval_torch"):
+        from mdr.metrics import evaluate_retrieval
+
+        data, backend = x, "faiss"
+        if args.worker == "mdr_eval_torch":
+            import torch
+
+            torch.set_num_threads(args.threads)
+            data, backend = torch.from_numpy(x).to("cuda" if torch.cuda.is_available() else "cpu"), "torch"
+            result["device"] = str(data.device)
+
+        def call():
+            out = evaluate_retrieval(data, y, ks, threads=args.threads, compute_nmi=False, backend=backend)
+            if backend == "torch" and data.is_cuda:
+                torch.cuda.synchronize()
+            return out
+
+        result["search_k"] = f"max({args.kmax}, max R) + 1"
+    elif args.worker in ("mdr_recall", "mdr_map"):
         from mdr.metrics import map_at_r, recall_at_k
 
         def call():
@@ -224,6 +256,20 @@ def fmt(v, spec=".4f"):
     return format(v, spec) if isinstance(v, float) else str(v)
 
 
+def print_bare_ratios(results: list[dict]) -> None:
+    """Our evaluation against the bare faiss search: best wall and CPU time of each over the rounds."""
+    ok = [r for r in results if "error" not in r]
+    best = lambda w, key: min((r[key] for r in ok if r["worker"] == w), default=None)  # noqa: E731
+    peak = lambda w: max((r["peak_rss_increase_mib"] for r in ok if r["worker"] == w), default=None)  # noqa: E731
+    bare_wall, bare_cpu = best("faiss_bare", "wall_s"), best("faiss_bare", "cpu_s")
+    for w in ("mdr_eval", "mdr_eval_torch"):
+        wall, cpu = best(w, "wall_s"), best(w, "cpu_s")
+        if None in (wall, bare_wall):
+            continue
+        print(f"{w} / faiss bare: wall {wall / bare_wall:.3f}x, CPU {cpu / bare_cpu:.3f}x; peak RSS "
+              f"+{peak(w):.0f} MiB vs +{peak('faiss_bare'):.0f} MiB (goal: within 1.1x, <= 2048 MiB)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=60000)
@@ -237,6 +283,10 @@ def main(argv=None) -> None:
     p.add_argument("--pml-k", default="max_bin_count,kmax",
                    help="comma list of PML k settings: max_bin_count, kmax, an int; '' to skip PML")
     p.add_argument("--skip-map", action="store_true", help="do not time mdr map_at_r")
+    p.add_argument("--bare", type=int, default=0, metavar="ROUNDS",
+                   help="instead of the methods above: ROUNDS alternations of 'faiss bare' and 'mdr evaluate' "
+                        "(each in a fresh subprocess) and their time and memory ratios")
+    p.add_argument("--torch", action="store_true", help="with --bare: also 'mdr evaluate torch' each round")
     p.add_argument("--repeat", type=int, default=1,
                    help="calls per method (same subprocess); wall/CPU reported as the minimum")
     p.add_argument("--timeout", type=float, default=3600.0, help="per-method limit in seconds")
@@ -261,6 +311,8 @@ def main(argv=None) -> None:
     workers = ["mdr_recall"] + ([] if args.skip_map else ["mdr_map"])
     for k in filter(None, (s.strip() for s in args.pml_k.split(","))):
         workers.append("pml:" + (str(args.kmax) if k == "kmax" else k))
+    if args.bare:  # alternated, so that a change of load on a shared machine falls on both
+        workers = (["faiss_bare", "mdr_eval"] + (["mdr_eval_torch"] if args.torch else [])) * args.bare
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_recall_") as tmp:
@@ -280,12 +332,14 @@ def main(argv=None) -> None:
                       f"peak RSS +{res['peak_rss_increase_mib']:.0f} MiB", flush=True)
             results.append(res)
 
-    names = {"mdr_recall": "mdr recall_at_k", "mdr_map": "mdr map_at_r"}
+    names = {"mdr_recall": "mdr recall_at_k", "mdr_map": "mdr map_at_r", "faiss_bare": "faiss bare",
+             "mdr_eval": "mdr evaluate", "mdr_eval_torch": "mdr evaluate torch"}
     ks = sorted({1, 10, 100, args.kmax})
     header = ["method", "search k", "wall s", "CPU s", "peak RSS +MiB"] + [f"R@{k}" for k in ks] + ["MAP@R"]
     rows = []
     for r in results:
         name = names.get(r["worker"], "PML k=" + r["worker"].split(":", 1)[-1])
+        name += f" ({r['device']})" if "device" in r else ""
         if "error" in r:
             rows.append([name, "-", r["error"]] + [""] * (len(header) - 3))
             continue
@@ -308,6 +362,9 @@ def main(argv=None) -> None:
           "each method in a fresh subprocess.")
     print("PML has no Recall@K for K > 1 (its precision_at_1 = R@1); PML skips queries without "
           "positives (none here).")
+
+    if args.bare:
+        print_bare_ratios(results)
 
     # Agreement between implementations.
     ours = {r["worker"]: r for r in results if "error" not in r}

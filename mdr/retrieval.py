@@ -34,8 +34,9 @@ class Embeddings:
         """How many items a query can retrieve (the Ks above it are left out)."""
         return len(self.gallery) if self.gallery is not None else len(self.query) - 1
 
-    def metrics(self, ks: list[int], full: bool = False, device=None) -> dict[str, float]:
-        """Recall@K for the Ks that fit; with `full`, also MAP@R and NMI (one search for both). On a GPU
+    def metrics(self, ks: list[int], full: bool = False, device=None, nmi: bool = True) -> dict[str, float]:
+        """Recall@K for the Ks that fit; with `full`, also MAP@R (one search for both) and, unless `nmi` is
+        False, NMI. On a GPU
         `device` (a torch.device) the neighbours are searched there (mdr.metrics, backend "torch"); on the
         CPU or None, by faiss-cpu."""
         from mdr import metrics
@@ -51,7 +52,7 @@ class Embeddings:
         if gallery is not None:
             kwargs = {"gallery": gallery, "gallery_labels": self.gallery_labels}
         if full:
-            return metrics.evaluate_retrieval(query, self.query_labels, ks, **kwargs)
+            return metrics.evaluate_retrieval(query, self.query_labels, ks, compute_nmi=nmi, **kwargs)
         return {f"recall_at_{k}": v for k, v in metrics.recall_at_k(query, self.query_labels, ks, **kwargs).items()}
 
     def save(self, path: str | os.PathLike, *, epoch: int, fingerprint: str) -> None:
