@@ -58,6 +58,22 @@ wildcard_constraints:
 TRACK_AT_END = GRID.profile.tracking == "at_end"
 
 
+onstart:
+    # One workflow tool per workspace: held until Snakemake exits; DVC's stages refuse meanwhile (mdr/locking.py)
+    from mdr.locking import LockedError, hold_workspace_for_this_process
+
+    try:
+        hold_workspace_for_this_process()
+    except LockedError as error:
+        sys.exit(f"error: {error}")
+
+
+if not workflow.is_main_process:  # a cluster job of the Snakemake that holds the workspace lock on the login node
+    from mdr.locking import HOLDER_ENV, REMOTE_JOB
+
+    os.environ[HOLDER_ENV] = REMOTE_JOB
+
+
 rule all:
     input:
         str(layout.report_file(PROFILE)),

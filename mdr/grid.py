@@ -25,7 +25,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mdr.comparisons import Comparison, check as check_comparisons
-from mdr.config import ConfigError, RunConfig, _short_errors, validate_run_config
+from mdr.config import ConfigError, RunConfig, _short_errors
 
 # $MDR_PARAMS points the whole pipeline at another params folder (tests, private experiments).
 PARAMS_DIR = Path(os.environ.get("MDR_PARAMS", Path(__file__).resolve().parent.parent / "params"))
@@ -260,6 +260,9 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     special = {k: merged.pop(k) for k in SPECIAL_KEYS if k in merged}
     config: dict[str, Any] = copy.deepcopy(profile.defaults)
     facts: dict[str, Any] = {"table": table.name}
+    # which file set which keys, in order: a bad value is blamed on the file that set it last
+    profile_file = params_dir / "profiles" / f"{profile.name}.yaml"
+    layers: list[tuple[str, set[str]]] = [(str(profile_file), _dotted(profile.defaults))]
 
     dataset = special.get("dataset")
     if dataset is None:
@@ -269,6 +272,7 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
                           f"({', '.join(profile.datasets)})")
     facts["dataset"] = dataset
     set_path(config, "data.dataset", profile.datasets[dataset])
+    layers.append((f"{profile_file} [datasets]", {"data.dataset"}))
 
     method_name = special.get("method")
     if method_name is None:
@@ -280,6 +284,7 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     set_path(config, "loss.name", method.loss)
     set_path(config, "regularizer.name", method.regularizer)
     _apply(config, method.set)
+    layers.append((f"{params_dir / 'methods.yaml'} [{method_name}]", {"loss.name", "regularizer.name"} | _dotted(method.set)))
 
     size = int(special.get("image_size", profile.default_image_size))
     if size not in profile.image_sizes:
@@ -287,6 +292,7 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
                           f"(allowed: {sorted(profile.image_sizes)})")
     facts["image_size"] = size
     _apply(config, profile.image_sizes[size])
+    layers.append((f"{profile_file} [image_sizes.{size}]", _dotted(profile.image_sizes[size])))
 
     # A table may vary the loss, regularizer or backbone directly (e.g. the regularizers table): the facts
     # that overrides match on are what the run will actually use.
@@ -296,24 +302,53 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     for override in profile.overrides:
         if override.matches(facts):
             _apply(config, override.set)
+            layers.append((f"{profile_file} [overrides]", _dotted(override.set)))
     # --- tuning: the tuned regularizer settings come after the profile's, before the table's ---
     if profile.use_tuned:
-        _apply(config, tuned_settings(params_dir, profile.name, dataset, facts["regularizer"]))
+        tuned = tuned_settings(params_dir, profile.name, dataset, facts["regularizer"])
+        _apply(config, tuned)
+        layers.append((str(tuned_file(params_dir, profile.name, dataset, facts["regularizer"])), _dotted(tuned)))
     # --- end tuning ---
     _apply(config, merged)
+    layers.append((source, _dotted(merged)))
     config["seed"] = seed
-    return _validated(config, source), facts
+    return _validated(config, source, layers), facts
 
 
 _VALIDATED: dict[str, RunConfig] = {}
 
 
-def _validated(config: dict[str, Any], source: str) -> RunConfig:
+def _validated(config: dict[str, Any], source: str, layers: list[tuple[str, set[str]]] = ()) -> RunConfig:
     """Validate once per distinct config: tables share most of their runs (e.g. four datasets mapped to glyphs)."""
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _VALIDATED:
-        _VALIDATED[key] = validate_run_config(config, source)
+        try:
+            _VALIDATED[key] = RunConfig.model_validate(config)
+        except ValidationError as e:
+            raise ConfigError(f"{_blame(e, layers, source)}: invalid configuration: {_short_errors(e)}") from None
     return _VALIDATED[key].model_copy(deep=True)
+
+
+def _dotted(settings: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted key that `settings` (nested or dotted, as _apply takes them) sets."""
+    keys: set[str] = set()
+    for k, v in settings.items():
+        key = f"{prefix}{k}"
+        keys |= _dotted(v, key + ".") if isinstance(v, dict) and v else {key}
+    return keys
+
+
+def _blame(e: ValidationError, layers: list[tuple[str, set[str]]], source: str) -> str:
+    """The file (and section) that last set each invalid key, and the run it broke; `source` alone when unknown."""
+    def overlaps(key: str, path: str) -> bool:
+        return key == path or path.startswith(key + ".") or key.startswith(path + ".")
+
+    files = []
+    for err in e.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        files.append(next((label for label, keys in reversed(layers) if any(overlaps(k, path) for k in keys)), source))
+    where = ", ".join(dict.fromkeys(files))
+    return where if where == source else f"{where} (in the run of {source})"
 
 
 # --- tuning ---

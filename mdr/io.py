@@ -46,7 +46,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # through Python's io: a full disk raises OSError(ENOSPC), not a bare C++ error
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike, remedy: str) -> Any:

@@ -23,6 +23,7 @@ STAGES = {
     "exp-run": "pipeline.exp_run",
     "dvc-metrics": "pipeline.dvc_metrics",
     "track-rebuild": "pipeline.track_rebuild",
+    "forget": "pipeline.forget",
 }
 
 

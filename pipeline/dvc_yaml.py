@@ -24,9 +24,10 @@ What each stage depends on, and why:
 - grid: every params file the profile reads (whole files), so `dvc params diff` and `dvc exp show`
   see them and a change reruns the drift check (cheap). Its marker is constant, so a passing check
   reruns nothing downstream.
-Markers of work kept outside DVC (data/prepared/*/READY, trained.json, the grid and tracking markers)
-are `persist: true` (DVC never deletes them, and the run cache never "restores" a marker without the
-checkpoints or prepared data behind it) and `cache: false`; results/ is git-tracked, so `cache: false`.
+Every output is `persist: true` and `cache: false`: DVC never deletes an output before its stage runs (each
+stage replaces its outputs atomically, so nothing half-written or missing is ever seen meanwhile), the run
+cache never "restores" a marker without the checkpoints or prepared data behind it, and results/ is
+git-tracked.
 Checkpoints (checkpoint.pt, best.pt) are not outputs at all: DVC never deletes them.
 """
 from __future__ import annotations
@@ -83,7 +84,9 @@ def _checked_name(kind: str, name: str) -> str:
 
 
 def _out(path: str | Path, **flags: Any) -> dict[str, dict[str, Any]]:
-    return {str(path): {"cache": False, **flags}}
+    # persist: DVC must not delete an output before its stage runs; every stage replaces its outputs atomically,
+    # and a deletion would be seen by a stage of another run or tool meanwhile (a table missing a run)
+    return {str(path): {"cache": False, "persist": True, **flags}}
 
 
 def build(profile: str, root: Path | None = None, params_dir: Path | None = None) -> dict[str, Any]:
@@ -110,7 +113,7 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
     stages["grid"] = {
         "cmd": f"python -m pipeline dvc-yaml --profile {p} --check --marker {marker}",
         "params": [{profile_file: None}, {methods_file: None}] + [{f: None} for f in table_file.values()],
-        "outs": [_out(marker, persist=True)],
+        "outs": [_out(marker)],
     }
     stages["prepare"] = {
         "foreach": {_checked_name("dataset", prepared_dir("data", d, s).name): {"dataset": d, "size": s}
@@ -118,13 +121,13 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         "do": {
             "cmd": "python -m pipeline prepare ${item.dataset} --image-size ${item.size} --data-root data",
             "deps": [marker],
-            "outs": [_out(ready("${item.dataset}", "${item.size}"), persist=True)],
+            "outs": [_out(ready("${item.dataset}", "${item.size}"))],
         },
     }
     stages["tracking_init"] = {
         "cmd": f"python -m pipeline tracking-init --profile {p} --marker {tracking}",
         "deps": [marker],
-        "outs": [_out(tracking, persist=True)],
+        "outs": [_out(tracking)],
     }
     stages["train"] = {
         "foreach": {_checked_name("run id", rid): {"data": ready(spec.config.data.dataset, spec.config.data.image_size)}
@@ -132,7 +135,7 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         "do": {
             "cmd": f"python -m pipeline train --profile {p} --run ${{key}} --no-bars",
             "deps": ["${item.data}", tracking],
-            "outs": [_out(layout.trained_marker(p, "${key}").as_posix(), persist=True)],
+            "outs": [_out(layout.trained_marker(p, "${key}").as_posix())],
         },
     }
     stages["evaluate"] = {
@@ -177,7 +180,7 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
             "cmd": f"python -m pipeline track-rebuild --profile {p} --marker {tracked}",
             "deps": [tracking, layout.report_file(p).as_posix(), summary_metrics_file(p).as_posix()]
                     + [layout.metrics_file(p, rid).as_posix() for rid in grid.runs],
-            "outs": [_out(tracked, cache=False)],
+            "outs": [_out(tracked)],
         }
 
     # Per-epoch curves straight from each run's history.json, one curve per run. DVC needs the plotted

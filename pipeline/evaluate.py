@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.common import parser, stage
+from mdr.locking import hold_run
+from pipeline.common import disk_full_reported, parser, stage
 
 
 @stage
@@ -24,9 +25,10 @@ def main(argv: list[str]) -> int:
     if spec is None:
         raise_unknown_run(args.run, grid)
     run_dir = layout.run_dir(args.profile, spec.run_id)
-    metrics = {"run": spec.run_id, "tags": spec.tags, **evaluate_run(spec.config, run_dir)}
     target = layout.metrics_file(args.profile, spec.run_id)
-    atomic_write_text(target, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    with hold_run(run_dir), disk_full_reported(run_dir):
+        metrics = {"run": spec.run_id, "tags": spec.tags, **evaluate_run(spec.config, run_dir)}
+        atomic_write_text(target, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     if not args.no_tracking and grid.profile.tracking == "live":
         from mdr.tracking import log_evaluation
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.common import parser, stage
 
 
-@stage
+@stage(writes=False)
 def main(argv: list[str]) -> int:
     p = parser(__doc__)
     p.add_argument("--table", help="only the runs of this table")

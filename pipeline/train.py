@@ -1,9 +1,12 @@
 """Train one run of the grid: `python -m pipeline train --profile smoke --run <run_id>`."""
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
-from pipeline.common import parser, stage
+from mdr.locking import hold_run
+from pipeline.common import disk_full_reported, parser, stage
 
 
 @stage
@@ -38,10 +41,26 @@ def main(argv: list[str]) -> int:
 
         callbacks.append(MLflowLogger(args.profile, spec.run_id, {**spec.tags, "tables": ",".join(spec.tables)}))
     out = layout.run_dir(args.profile, spec.run_id)
-    result = train(spec.config, out, resume=not args.no_resume, progress=not (args.no_bars or args.quiet), echo=not args.quiet, callbacks=callbacks)
-    atomic_write_text(layout.trained_marker(args.profile, spec.run_id),
-                      json.dumps({"run": spec.run_id, "fingerprint": spec.config.fingerprint(), **result.summary}, indent=1) + "\n")
+    with hold_run(out), disk_full_reported(out, lambda message: mark_failed(out, message)):
+        result = train(spec.config, out, resume=not args.no_resume, progress=not (args.no_bars or args.quiet),
+                       echo=not args.quiet, callbacks=callbacks)
+        atomic_write_text(layout.trained_marker(args.profile, spec.run_id),
+                          json.dumps({"run": spec.run_id, "fingerprint": spec.config.fingerprint(), **result.summary},
+                                     indent=1) + "\n")
     return 0
+
+
+def mark_failed(run_dir: Path, message: str) -> None:
+    """status.json says `failed`, even on a full disk: the engine's own atomic update may have failed there,
+    so fall back to rewriting the small file in place (its blocks are reused)."""
+    from mdr.io import atomic_write_text
+
+    text = json.dumps({"status": "failed", "error": f"DiskFullError: {message}"}, indent=1) + "\n"
+    with contextlib.suppress(OSError):
+        atomic_write_text(run_dir / "status.json", text)
+        return
+    with contextlib.suppress(OSError):
+        (run_dir / "status.json").write_text(text)
 
 
 def raise_unknown_run(run: str, grid) -> None:

@@ -86,7 +86,11 @@ def commit(repo: Path, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("dvc") / "repo"
+    return make_repo(tmp_path_factory.mktemp("dvc") / "repo")
+
+
+def make_repo(repo: Path) -> Path:
+    """A git + DVC repository holding the project with the shrunken params/ and its dvc.yaml."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("mdr", "pipeline"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=ignore)
@@ -343,3 +347,55 @@ def test_committed_dvc_yaml_matches_params():
                     "repository's params/ (unset MDR_PARAMS to run this check)")
     assert path.read_text() == render("smoke", root=ROOT), (
         "dvc.yaml is out of date with params/: run `python -m pipeline dvc-yaml` and commit it")
+
+
+@pytest.mark.slow
+def test_dvc_repro_refuses_to_run_while_snakemake_builds_the_workspace(tmp_path):
+    from tests.pipeline.test_locking import exclusively_held, wait_for
+
+    work = make_repo(tmp_path / "repo")
+    snakemake = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(work / "Snakefile"), "--cores", "2"],
+                                 cwd=work, env=env(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: exclusively_held(work / "runs" / ".workspace.lock"), snakemake)
+        refused = dvc(work, "repro", check=False)
+        ended = snakemake.poll()
+    finally:
+        snakemake.terminate()  # the point is made; no need to build the tables
+        log, _ = snakemake.communicate(timeout=300)
+    assert ended is None, f"snakemake ended (exit {ended}) before dvc was refused:\n{log[-3000:]}"
+    assert refused.returncode != 0
+    out = refused.stdout + refused.stderr
+    assert f"error: the workspace {work} is in use by pid {snakemake.pid} (" in out and "Snakemake is building it" in out
+    assert ran(refused) == {"grid"} and not (work / "dvc.lock").exists()  # its first stage stopped it
+
+
+@pytest.mark.slow
+def test_forget_retrains_exactly_one_run_with_dvc_and_with_snakemake(tmp_path):
+    work = make_repo(tmp_path / "repo")
+    ids = run_ids(work)
+    built(work)
+    mdr_run = work / "runs" / "smoke" / ids["mdr"]
+    other = (work / "runs" / "smoke" / ids["none"] / "checkpoint.pt").stat().st_mtime_ns
+    baselines = (work / "results" / "smoke" / "baselines.md").stat().st_mtime_ns
+
+    def forget() -> None:
+        out = sh(work, sys.executable, "-m", "pipeline", "forget", "--run", ids["mdr"])
+        assert f"deleted runs/smoke/{ids['mdr']}" in out.stdout and "deleted results/smoke/pair.md" in out.stdout
+        assert not mdr_run.exists() and not (work / "results" / "smoke" / "pair.md").exists()
+
+    forget()
+    again = dvc(work, "repro")
+    assert ran(again) == {f"train@{ids['mdr']}", f"evaluate@{ids['mdr']}", "aggregate-pair", "report", "metrics", "track"}
+    assert (mdr_run / "metrics.json").exists() and "Triplet+MDR" in (work / "results" / "smoke" / "pair.md").read_text()
+
+    snakemake = [sys.executable, "-m", "snakemake", "-s", str(work / "Snakefile"), "--cores", "2"]
+    sh(work, *snakemake, "--touch")  # adopt what DVC built (README: keeping the two records in step)
+    forget()
+    retrained = sh(work, *snakemake)
+    jobs = {line.split()[0]: int(line.split()[1]) for line in retrained.stderr.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert jobs.get("train") == 1 and jobs.get("evaluate") == 1 and jobs.get("aggregate_table") == 1, retrained.stderr
+    assert (mdr_run / "metrics.json").exists() and "Triplet+MDR" in (work / "results" / "smoke" / "pair.md").read_text()
+    assert (work / "runs" / "smoke" / ids["none"] / "checkpoint.pt").stat().st_mtime_ns == other  # not retrained
+    assert (work / "results" / "smoke" / "baselines.md").stat().st_mtime_ns == baselines

@@ -159,3 +159,25 @@ def test_a_yaml_syntax_error_in_tuning_yaml_stops_snakemake_in_one_line_naming_f
     err = result.stderr.strip()
     assert err.startswith(f"error: {params / 'tuning.yaml'}:2:9: not valid YAML (while parsing a flow sequence"), err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["profile", "table"])
+def test_a_bad_value_is_blamed_on_the_file_that_set_it(tmp_path, where):
+    params = tiny_params(tmp_path / "params")
+    if where == "profile":
+        path = params / "profiles" / "smoke.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["defaults"]["train"]["batch_size"] = "many"
+    else:
+        path = params / "tables" / "table1.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc.setdefault("fixed", {})["train.batch_size"] = "many"
+    path.write_text(yaml.safe_dump(doc))
+    result = run([sys.executable, "-m", "pipeline", "runs"], tmp_path)
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "train.batch_size: Input should be a valid integer" in err, err
+    if where == "profile":
+        assert err.startswith(f"error: {path} (in the run of "), err
+    else:
+        assert err.startswith("error: params/tables/table1.yaml [") and "profiles" not in err.split(":")[1], err
