@@ -385,6 +385,11 @@ def write_report(grid: Grid, runs_root: Path | None = None) -> Path:
         if "png" in files:
             lines += ["", f"![{name}]({files['png'].name})"]
         lines += [""]
+    from mdr.data.provenance import provenance_markdown
+    from mdr.data.registry import prepared_dir
+
+    lines += provenance_markdown(prepared_dir(r.config.data.root, r.config.data.dataset, r.config.data.image_size)
+                                 for r in grid.runs.values())
     path = layout.report_file(profile.name)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
