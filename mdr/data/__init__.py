@@ -40,7 +40,6 @@ def prepare_dataset(
     expected files), used instead of downloading and remembered in the raw folder (mdr/data/usercopy.py). A
     copy already prepared and intact is kept as it is.
     """
-    from .prepared import PreparedDataset
     from .registry import get_dataset, prepared_dir, raw_dir
 
     recipe = get_dataset(name)
@@ -48,7 +47,7 @@ def prepare_dataset(
         from mdr.config import ConfigError
 
         raise ConfigError(f"image size {image_size} is not a size: the prepared cache needs a positive number of "
-                            f"pixels per side; pass e.g. --image-size 256 (the paper's protocol)")
+                          f"pixels per side; pass e.g. --image-size 256 (the paper's protocol)")
     out = prepared_dir(data_root, name, image_size)
     raw = raw_dir(data_root, name)
     if source is not None:

@@ -68,7 +68,7 @@ class PreparedDataset:
             manifest = pd.read_csv(root / "manifest.csv", dtype={"path": str, "class_name": str, "split": str})
             meta = json.loads((root / "meta.json").read_text())
             fault = ready.problem(root, rows=len(manifest))
-        except (ValueError, OSError, pd.errors.ParserError) as e:  # ParserError, JSONDecodeError are ValueErrors
+        except (ValueError, OSError) as e:  # pandas ParserError and json JSONDecodeError are ValueErrors
             fault = f"manifest.csv or meta.json cannot be read ({type(e).__name__}: {' '.join(str(e).split())})"
         if fault is not None:
             raise PreparedDatasetDamagedError(root, fault)
