@@ -27,6 +27,52 @@ def experiment_name(profile: str) -> str:
     return f"mdr-{profile}"
 
 
+class TrackingStoreError(RuntimeError):
+    """The MLflow store cannot be opened or written (locked, read-only, unreachable); the message names it."""
+
+
+# What the database driver says when the store itself is the problem, not the code calling it.
+_STORE_FAULTS = ("database is locked", "readonly database", "unable to open database", "disk i/o error",
+                 "could not connect", "connection refused", "permission denied")
+
+
+def _store_errors(fn):
+    """Turn a database error of the MLflow store (an 80-290 line SQLAlchemy traceback) into one
+    TrackingStoreError naming the store, what its driver said, and what to do."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import logging
+
+        db_log = logging.getLogger("mlflow.store.db.utils")  # logs the traceback of what it then raises
+        level = db_log.level
+        db_log.setLevel(logging.CRITICAL)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            chain: list[BaseException] = []
+            cause: BaseException | None = e
+            while cause is not None and cause not in chain:
+                chain.append(cause)
+                cause = cause.__cause__ or cause.__context__
+            faults = [c for c in chain if any(f in str(c).lower() for f in _STORE_FAULTS)]
+            if not faults:
+                raise
+            from mdr.tuning import _hide_password
+
+            said = " ".join(str(faults[-1]).split())[:300]  # the innermost: the driver's own words
+            raise TrackingStoreError(
+                f"the MLflow store {_hide_password(tracking_uri())} cannot be used: {said}. Close what holds it "
+                f"(another `mlflow` process writing the same sqlite file), make it and its folder writable, or set "
+                f"MLFLOW_TRACKING_URI to another store; then rerun (the run folders are the truth: "
+                f"`python -m pipeline track-rebuild` fills a new store)") from None
+        finally:
+            db_log.setLevel(level)
+
+    return wrapper
+
+
 def _mlflow():
     import mlflow
 
@@ -34,6 +80,7 @@ def _mlflow():
     return mlflow
 
 
+@_store_errors
 def init_store(profile: str) -> str:
     """Create the store and the profile's experiment once, before parallel jobs write to it."""
     mlflow = _mlflow()
@@ -291,6 +338,7 @@ def _rebuild_aggregate(client, exp_id: str, profile: str, results: Path) -> str:
     return outcome
 
 
+@_store_errors
 def rebuild_store(profile: str, runs_root: str | Path = "runs", results_root: str | Path = "results") -> dict[str, Any]:
     """Recreate the profile's MLflow runs from runs/<profile>/*/ and its aggregate run from results/<profile>/.
 

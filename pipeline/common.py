@@ -48,11 +48,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mdr.engine import CheckpointMismatchError, NonFiniteLossError
     from mdr.io import DamagedFileError
     from mdr.locking import LockedError
+    from mdr.tracking import TrackingStoreError
     from mdr.registry import UnknownNameError
 
     errors: list[type[BaseException]] = [ConfigError, UnknownNameError, DatasetNotPreparedError, RawFilesError,
                                          NonFiniteLossError, CheckpointMismatchError, DamagedFileError, LockedError,
-                                         DiskFullError]
+                                         DiskFullError, TrackingStoreError]
     try:
         from mdr.data.fetch import FetchError
 

@@ -299,3 +299,52 @@ def test_a_tracking_server_given_by_MLFLOW_TRACKING_URI_is_used(mlflow_server, m
         finally:
             engine.dispose()
         assert rid in tagged
+
+
+# ---- a store that cannot be written: one line naming it, exit 2 ------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tracking_init(store: Path, cwd: Path, profile: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pipeline", "tracking-init", "--profile", profile], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line_naming(result: subprocess.CompletedProcess, store: Path, said: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    last = lines[0]
+    assert last.startswith(f"error: the MLflow store sqlite:///{store} cannot be used: {said}"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "MLFLOW_TRACKING_URI" in last
+
+
+def test_a_read_only_store_ends_in_one_line_naming_it(tmp_path):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs to make read-only (needs root or CAP_SYS_ADMIN); root ignores file modes")
+    try:
+        store = folder / "mlflow.db"
+        assert _tracking_init(store, tmp_path, "first").returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        _one_line_naming(_tracking_init(store, tmp_path, "second"), store, "attempt to write a readonly database. ")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_locked_store_ends_in_one_line_naming_it(tmp_path):
+    store = tmp_path / "mlflow.db"
+    assert _tracking_init(store, tmp_path, "first").returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], "
+                               "isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\n"
+                               "time.sleep(600)", str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _one_line_naming(_tracking_init(store, tmp_path, "second"), store, "database is locked. ")
+    finally:
+        holder.kill()
+        holder.wait()
