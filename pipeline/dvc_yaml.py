@@ -15,8 +15,8 @@ What each stage depends on, and why:
   every other run's stage stays byte-identical and is not rerun. That is exactly "change MDR's lambda,
   rerun only the runs that depend on it".
 - no code deps for prepare/train/evaluate: as in the Snakefile, a refactor of mdr/ must not retrain
-  every run. When a code change alters results, retrain a run by removing its folder
-  (`rm -r runs/<profile>/<run>`, then `dvc repro`): a finished checkpoint is otherwise resumed as is.
+  every run. When a code change alters results, retrain a run with `python -m pipeline forget --run <run>`,
+  then `dvc repro`: a finished checkpoint is otherwise resumed as is.
   aggregate and report are cheap and depend on the code and data that format them (mdr/report.py,
   mdr/figures.py, the published numbers).
 - aggregate-<table>: its runs' metrics.json and the whole table file (params/tables/<table>.yaml).
@@ -162,8 +162,9 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
     stages["report"] = {
         "cmd": f"python -m pipeline report --profile {p}",
         # runs.csv lists every run's metrics, so every metrics.json is an input (not only the tables);
-        # the verdicts (comparisons.csv) are computed by mdr/stats.py from the comparisons of mdr/comparisons.py
-        "deps": ["mdr/report.py", "mdr/stats.py", "mdr/comparisons.py"] + result_files
+        # the verdicts (comparisons.csv) are computed by mdr/stats.py from the comparisons of mdr/comparisons.py;
+        # its Data section by mdr/data/provenance.py
+        "deps": ["mdr/report.py", "mdr/stats.py", "mdr/comparisons.py", "mdr/data/provenance.py"] + result_files
                 + [layout.metrics_file(p, rid).as_posix() for rid in grid.runs],
         "params": [{profile_file: ["description"]}] + [{f: None} for f in table_file.values()],
         "outs": [_out(layout.report_file(p).as_posix()), _out(layout.comparisons_file(p).as_posix()), _out(runs_csv)],
