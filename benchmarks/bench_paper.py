@@ -191,6 +191,8 @@ def main(argv=None) -> None:
     p.add_argument("--datasets", default="all", help="'all' or a comma list: the test sets to time retrieval on")
     p.add_argument("--nmi", action="store_true", help="also time NMI (faiss k-means on the CPU; minutes on SOP)")
     args = p.parse_args(argv)
+    if args.iterations < 1 or args.eval_batches < 1:
+        p.error("--iterations and --eval-batches must be at least 1")  # one line on stderr, exit 2
 
     torch.set_num_threads(args.threads)
     import faiss

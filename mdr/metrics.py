@@ -128,7 +128,7 @@ def _as_tensor_embeddings(x, name: str, device=None):
 
     if x is None:
         raise ValueError(f"{name} must not be None")
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     _check_shape(t.shape, name)
     if t.dtype == torch.bool or t.dtype.is_complex:
         raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")

@@ -309,6 +309,14 @@ def test_backend_is_chosen_by_the_embeddings_device():
         recall_at_k(LINE_X, LINE_Y, [1], backend="cuda")
 
 
+def test_torch_search_takes_any_numpy_layout():
+    # reversed rows (negative strides, which torch.from_numpy refuses) and float64: the same ranks
+    assert LINE_X[::-1].strides[0] < 0
+    assert recall_at_k(LINE_X[::-1], LINE_Y[::-1], [1, 2, 3], backend="torch") == pytest.approx({1: 1 / 6, 2: 4 / 6, 3: 1.0})
+    r = recall_at_k(LINE_X.astype(np.float64), LINE_Y, [1, 2, 3], backend="torch")
+    assert r == pytest.approx({1: 1 / 6, 2: 4 / 6, 3: 1.0})
+
+
 def test_torch_search_rejects_what_faiss_rejects():
     with pytest.raises(ValueError, match="embeddings contains NaN"):
         recall_at_k(torch.full((6, 1), float("nan")), LINE_Y, [1], backend="torch")
