@@ -111,11 +111,25 @@ def numeric(record: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+# The step of every curve, not curves themselves.
+STEP_KEYS = ("epoch", "iteration")
+# Shown as the run's Description in MLflow's UI: its metrics are fractions, the tables show them x100.
+NOTE = ("Recall@K (recall_at_K), MAP@R (map_at_r) and NMI are fractions in [0, 1], as in metrics.json; the "
+        "tables in results/ show them in percent (x100). Curves are per epoch (step = epoch): loss = "
+        "metric_loss + regularizer_loss, reg_* are the regularizer's terms and state (MDR: reg_level_i).")
+
+
+def curves(record: dict[str, Any]) -> dict[str, float]:
+    """The per-epoch values of a history record to plot against its epoch."""
+    return {k: v for k, v in numeric(record).items() if k not in STEP_KEYS}
+
+
 class MLflowLogger:
     """Engine callback: params and tags at start, per-epoch metrics, status at the end."""
 
-    def __init__(self, profile: str, run_id: str, tags: dict[str, str]):
-        self.profile, self.run_id, self.tags = profile, run_id, tags
+    def __init__(self, profile: str, run_id: str, tags: dict[str, str], name: str | None = None):
+        """tags and name: what mdr.describe says the run is (name defaults to the run id)."""
+        self.profile, self.run_id, self.tags, self.name = profile, run_id, tags, name or run_id
         self._run = None
 
     def _guard(self, what: str, fn, *args: Any) -> Any:
@@ -135,14 +149,15 @@ class MLflowLogger:
         if found:  # a resumed run continues its MLflow run
             self._run = mlflow.start_run(run_id=found[0].info.run_id, log_system_metrics=False)
         else:
-            self._run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_id, log_system_metrics=False)
+            self._run = mlflow.start_run(experiment_id=exp_id, run_name=self.name, log_system_metrics=False)
             mlflow.log_params(flatten(config.model_dump(mode="json")))
         mlflow.set_tags({"run_id": self.run_id, "profile": self.profile, "fingerprint": config.fingerprint(),
-                         "seed": str(config.seed), "embedding_dim": str(config.model.embedding_dim), **self.tags})
+                         "seed": str(config.seed), "embedding_dim": str(config.model.embedding_dim),
+                         "mlflow.note.content": NOTE, **self.tags})
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         if self._run is not None:
-            self._guard("log_metrics", lambda: _mlflow().log_metrics(numeric(record), step=int(record["epoch"])))
+            self._guard("log_metrics", lambda: _mlflow().log_metrics(curves(record), step=int(record["epoch"])))
 
     def on_train_end(self, status: str, summary: dict[str, Any] | None, error: str | None) -> None:
         if self._run is None:
@@ -265,7 +280,8 @@ def _log_artifacts(client, run, files: list[Path], artifact_path: str | None, fo
         client.log_artifact(run.info.run_id, str(f), artifact_path)
 
 
-def _rebuild_run(client, exp_id: str, profile: str, folder: Path, existing, extra_tags: dict[str, str]) -> str:
+def _rebuild_run(client, exp_id: str, profile: str, folder: Path, existing, known: tuple[str, dict[str, str]] | None,
+                 methods: dict[str, Any]) -> str:
     import yaml
     from mlflow.entities import Metric, Param, RunTag
 
@@ -281,15 +297,23 @@ def _rebuild_run(client, exp_id: str, profile: str, folder: Path, existing, extr
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else None
     status = json.loads((folder / "status.json").read_text()).get("status") if (folder / "status.json").exists() else None
 
-    tags = {"run_id": rid, "profile": profile, "fingerprint": rid.rsplit("-", 1)[-1], "seed": str(config.get("seed")),
-            "embedding_dim": str((config.get("model") or {}).get("embedding_dim")),
-            **(metrics or {}).get("tags", {}), **extra_tags}
+    # What the run is comes from its config (and the grid, where it still knows the run), never from the tags
+    # of an older metrics.json, which named the table's method and the paper dataset.
+    if known is None:
+        from mdr.describe import describe_config
+
+        known = describe_config(config, methods, rid.rsplit("-", 1)[-1])
+    name, described = known
+    tags = {"run_id": rid, "profile": profile, "fingerprint": rid.rsplit("-", 1)[-1], "mlflow.note.content": NOTE,
+            **described}
     if existing is None:
-        run = client.create_run(exp_id, run_name=rid, start_time=_ms(folder / "config.yaml"), tags=tags)
+        run = client.create_run(exp_id, run_name=name, start_time=_ms(folder / "config.yaml"), tags=tags)
         outcome = "created"
     else:
         run = client.get_run(existing.info.run_id)
         outcome = "updated"
+        if run.info.run_name != name:
+            client.update_run(run.info.run_id, name=name)
     run_uuid = run.info.run_id
 
     params = flatten(config)
@@ -298,7 +322,7 @@ def _rebuild_run(client, exp_id: str, profile: str, folder: Path, existing, extr
     new_metrics = []
     by_key: dict[str, list[tuple[int, float]]] = {}
     for record in history:
-        for key, value in numeric(record).items():
+        for key, value in curves(record).items():
             by_key.setdefault(key, []).append((int(record["epoch"]), value))
     for key, points in by_key.items():
         logged = {m.step for m in client.get_metric_history(run_uuid, key)} if key in run.data.metrics else set()
@@ -350,10 +374,12 @@ def rebuild_store(profile: str, runs_root: str | Path = "runs", results_root: st
     exp_id = init_store(profile)
     client = MlflowClient(tracking_uri())
     existing = _runs_by_tag(client, exp_id, "run_id")
-    try:  # the grid, where it still knows a run, adds the tables it serves (as a live run's tags do)
-        from mdr.grid import load_grid
+    from mdr.describe import describe_grid
+    from mdr.grid import load_grid, load_methods
 
-        known = {rid: {**spec.tags, "tables": ",".join(spec.tables)} for rid, spec in load_grid(profile).runs.items()}
+    methods = load_methods()
+    try:  # the grid, where it still knows a run, adds the paper datasets and tables it serves
+        known = describe_grid(load_grid(profile))
     except Exception:
         known = {}
     counts = {"created": 0, "updated": 0, "unchanged": 0, "skipped": 0}
@@ -363,7 +389,8 @@ def rebuild_store(profile: str, runs_root: str | Path = "runs", results_root: st
         if not (folder / "config.yaml").exists():
             counts["skipped"] += 1
             continue
-        outcome = _rebuild_run(client, exp_id, profile, folder, existing.get(folder.name), known.get(folder.name, {}))
+        outcome = _rebuild_run(client, exp_id, profile, folder, existing.get(folder.name), known.get(folder.name),
+                               methods)
         counts[outcome] += 1
     counts["aggregate"] = _rebuild_aggregate(client, exp_id, profile, Path(results_root) / profile)
     return counts

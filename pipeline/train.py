@@ -37,9 +37,11 @@ def main(argv: list[str]) -> int:
         raise_unknown_run(args.run, grid)
     callbacks = []
     if not args.no_tracking and grid.profile.tracking == "live":
+        from mdr.describe import describe_grid
         from mdr.tracking import MLflowLogger
 
-        callbacks.append(MLflowLogger(args.profile, spec.run_id, {**spec.tags, "tables": ",".join(spec.tables)}))
+        name, tags = describe_grid(grid)[spec.run_id]
+        callbacks.append(MLflowLogger(args.profile, spec.run_id, tags, name))
     out = layout.run_dir(args.profile, spec.run_id)
     with hold_run(out), disk_full_reported(out, lambda message: mark_failed(out, message)):
         result = train(spec.config, out, resume=not args.no_resume, progress=not (args.no_bars or args.quiet),
