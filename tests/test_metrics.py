@@ -253,6 +253,20 @@ def test_torch_search_agrees_with_faiss_and_brute_force(data, loo):
     assert via_torch["map_at_r"] == pytest.approx(brute_force_map_at_r(q, ql, g, gl, loo), abs=tolerance(tie <= r - 1))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU-tensor tests above cover the code)")
+@pytest.mark.parametrize("loo", [True, False])
+def test_search_on_the_gpu_is_chosen_and_agrees_with_faiss(data, loo):
+    q, ql, g, gl, kw = split(data, loo)
+    faiss_kw = {k: (v.numpy() if k == "gallery" else v) for k, v in kw.items()}
+    gpu_kw = {k: (v.cuda() if k == "gallery" else v) for k, v in kw.items()}
+    via_faiss = evaluate_retrieval(q, ql, [1, 8], backend="faiss", compute_nmi=False, **faiss_kw)
+    via_gpu = evaluate_retrieval(torch.from_numpy(q).cuda(), ql, [1, 8], compute_nmi=False, **gpu_kw)  # auto
+    tie, hit, r = near_tie_ranks(q, ql, g, gl, loo)
+    for k in (1, 8):
+        assert via_gpu[f"recall_at_{k}"] == pytest.approx(via_faiss[f"recall_at_{k}"], abs=tolerance(tie <= hit))
+    assert via_gpu["map_at_r"] == pytest.approx(via_faiss["map_at_r"], abs=tolerance(tie <= r - 1))
+
+
 def test_torch_search_block_size_and_precision_settings_do_not_change_results(data):
     x, y = data
     tie, hit, r = near_tie_ranks(x, y, x, y, True)
