@@ -108,10 +108,13 @@ def load_prepared(config: RunConfig) -> PreparedDataset:
 
 
 @torch.no_grad()
-def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device: torch.device) -> np.ndarray:
+def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device: torch.device,
+          desc: str | None = None) -> np.ndarray:
+    """Embeddings of a whole set; with `desc`, a transient progress bar of its batches (evaluation)."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    out = [model(images.to(device)).float().cpu() for images, _ in loader]
+    batches = tqdm(loader, desc=desc, leave=False, disable=desc is None, dynamic_ncols=True)
+    out = [model(images.to(device)).float().cpu() for images, _ in batches]
     return torch.cat(out).numpy()
 
 
@@ -150,12 +153,14 @@ def evaluation_sets(prepared: PreparedDataset, config: RunConfig) -> dict[str, C
 
 
 def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size: int,
-               device: torch.device) -> Embeddings:
+               device: torch.device, progress: bool = False) -> Embeddings:
     """Embeddings of evaluation sets as made by `evaluation_sets` ({'test'} or {'query', 'gallery'})."""
+    def run(name: str) -> np.ndarray:
+        return embed(model, sets[name], batch_size, device, f"embedding {name}" if progress else None)
+
     if "query" in sets:
-        q, g = sets["query"], sets["gallery"]
-        return Embeddings(embed(model, q, batch_size, device), q.labels, embed(model, g, batch_size, device), g.labels)
-    return Embeddings(embed(model, sets["test"], batch_size, device), sets["test"].labels)
+        return Embeddings(run("query"), sets["query"].labels, run("gallery"), sets["gallery"].labels)
+    return Embeddings(run("test"), sets["test"].labels)
 
 
 def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int], batch_size: int,
@@ -198,8 +203,11 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
-        if echo:
-            tqdm.write(f"[{run_dir.name}] resuming after epoch {start_epoch}")
+        if echo and start_epoch >= config.train.epochs:  # nothing left to train: say where its outputs are
+            tqdm.write(f"[{run_dir.name}] already complete ({start_epoch}/{config.train.epochs} epochs): its "
+                       f"checkpoints and history are in {run_dir} (`pipeline train --no-resume` trains it afresh)")
+        elif echo:
+            tqdm.write(f"[{run_dir.name}] resuming after epoch {start_epoch} of {config.train.epochs}")
         # The checkpoint's history is the truth: this also repairs a damaged or stale history.json.
         atomic_write_text(run_dir / checkpoint.HISTORY, json.dumps(history, indent=1) + "\n")
     atomic_write_text(run_dir / "config.yaml", config_yaml(config))
@@ -228,7 +236,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
             evaluate_now = (epoch + 1) % config.eval.every == 0 or epoch + 1 == epochs
             embeddings = None
             if evaluate_now:
-                embeddings = embed_sets(model, eval_sets, config.eval.batch_size, device)
+                embeddings = embed_sets(model, eval_sets, config.eval.batch_size, device, progress)
                 record.update(embeddings.metrics(config.eval.ks, device=device))
                 if train_eval_set is not None:
                     train_metrics = retrieval_metrics(model, train_eval_set, config.eval.ks, config.eval.batch_size, device)

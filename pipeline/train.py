@@ -68,6 +68,9 @@ def mark_failed(run_dir: Path, message: str) -> None:
 def raise_unknown_run(run: str, grid) -> None:
     from mdr.config import ConfigError
 
-    sample = ", ".join(list(grid.runs)[:3])
-    raise ConfigError(f"no run {run!r} in profile {grid.profile.name}; `python -m pipeline runs --profile "
-                      f"{grid.profile.name}` lists them (e.g. {sample})")
+    import difflib
+
+    close = difflib.get_close_matches(run, list(grid.runs), n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ConfigError(f"no run {run!r} in profile {grid.profile.name}; {hint}`python -m pipeline runs --profile "
+                      f"{grid.profile.name}` lists them")
