@@ -63,6 +63,7 @@ def test_a_second_writer_of_a_run_folder_stops_naming_the_holder_and_a_dead_hold
     assert json.loads((work / folder / ".lock").read_text())["pid"] != owner.pid
 
 
+@pytest.mark.slow
 def test_snakemake_refuses_to_start_while_a_stage_command_holds_the_workspace(work):
     owner = holder(work, "held = locking.workspace_guard(); held.__enter__()")  # as a `dvc repro` stage does
     try:
