@@ -68,6 +68,12 @@ onstart:
         sys.exit(f"error: {error}")
 
 
+if workflow.is_main_process:  # what this machine lacks for the profile, before any job (`snakemake -n` too)
+    from mdr.needs import announce
+
+    for line in announce(GRID):
+        print(line, file=sys.stderr)
+
 if not workflow.is_main_process:  # a cluster job of the Snakemake that holds the workspace lock on the login node
     from mdr.locking import HOLDER_ENV, REMOTE_JOB
 

@@ -17,6 +17,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-bars", action="store_true", help="no progress bars (epoch lines are still printed)")
     p.add_argument("--quiet", action="store_true", help="print nothing per epoch")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="train a GPU profile's `device: auto` run on the CPU when there is no GPU (else it stops)")
     args = p.parse_args(argv)
 
     import signal
@@ -35,6 +37,9 @@ def main(argv: list[str]) -> int:
     spec = grid.runs.get(args.run)
     if spec is None:
         raise_unknown_run(args.run, grid)
+    from mdr.needs import require_gpu
+
+    require_gpu(grid, spec.config, args.allow_cpu)
     callbacks = []
     if not args.no_tracking and grid.profile.tracking == "live":
         from mdr.describe import describe_grid
