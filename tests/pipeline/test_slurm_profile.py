@@ -1,8 +1,8 @@
 """The sbatch arguments of pipeline/profiles/slurm, without a cluster.
 
 Snakemake runs the real Snakefile (paper profile) with the real workflow profile and executor plugin; only
-the SLURM commands are stand-ins on $PATH: `sbatch` records its arguments and answers a job id, `sacct`
-reports every job FAILED (so the run ends at once), the rest answer nothing. What is checked is what a
+the SLURM commands are stand-ins on $PATH: `sbatch` records its arguments and answers a job id, `squeue`
+(and `sacct`) report every job FAILED (so the run ends at once), the rest answer nothing. What is checked is what a
 cluster would have been asked for: a GPU train job and a CPU prepare job (as the plugin's own tests check
 the `--gpus` strings on mocked jobs), with and without the user's partition, account and GPU model.
 """
@@ -37,21 +37,21 @@ with log.open("a") as f:
     f.write(json.dumps({{"id": job_id, "argv": sys.argv[1:]}}) + "\\n")
 print(job_id)
 """
-SACCT = """#!{python}
+STATUS = """#!{python}
 import json, os, sys
 from pathlib import Path
-if "--name" in sys.argv:  # the plugin's status query: every submitted job has failed
+if "--name" in sys.argv:  # the plugin's status query (squeue, or sacct): every submitted job has failed
     log = Path(os.environ["FAKE_SLURM_LOG"])
     for line in (log.read_text().splitlines() if log.exists() else []):
         print(f"{{json.loads(line)['id']}}|FAILED")
 """
-SILENT = ("squeue", "sinfo", "scancel", "sacctmgr", "sshare", "scontrol")
+SILENT = ("sinfo", "scancel", "sacctmgr", "sshare", "scontrol")
 
 
 @pytest.fixture(scope="module")
 def fake_slurm(tmp_path_factory):
     bin_dir = tmp_path_factory.mktemp("fake-slurm-bin")
-    for name, text in {"sbatch": SBATCH, "sacct": SACCT, **{n: "#!/bin/sh\nexit 0\n" for n in SILENT}}.items():
+    for name, text in {"sbatch": SBATCH, "sacct": STATUS, "squeue": STATUS, **{n: "#!/bin/sh\nexit 0\n" for n in SILENT}}.items():
         (bin_dir / name).write_text(text.format(python=sys.executable))
         (bin_dir / name).chmod(0o755)
     return bin_dir
