@@ -40,7 +40,7 @@ import torch
 
 from benchmarks.bench_recall import make_data
 
-# Test split sizes (the recipes' published counts) and class counts (reference/datasets.md).
+# Test split sizes (the recipes' published counts) and class counts (docs/datasets.md).
 TEST_CLASSES = {"cub200": 100, "cars196": 98, "sop": 11316, "inshop": 3985, "cifar10": 10}
 TRAIN_CLASSES = {"cub200": 100, "cars196": 98, "sop": 11318, "inshop": 3997, "cifar10": 10}
 NOT_MEASURED = "not measured"

@@ -64,7 +64,7 @@ class ModelConfig(Strict):
     embedding_dim: int = Field(512, gt=0)
     freeze_bn: bool = True
     normalization: Literal["auto", "batch_mean_distance", "l2", "none"] = Field(
-        "auto", description="auto: what the regularizer asks for (reference/mdr.md §2.2)"
+        "auto", description="auto: what the regularizer asks for (docs/method.md §2.2)"
     )
     channels_last: bool = Field(
         False, description="run the backbone in channels-last memory layout (about 30% faster on CPU for the "

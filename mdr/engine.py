@@ -322,7 +322,7 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
     loader = DataLoader(
         train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),
-        # forkserver: workers never fork a process in which faiss has run (reference/tooling.md).
+        # forkserver: workers never fork a process in which faiss has run (docs/tooling.md).
         multiprocessing_context="forkserver" if workers else None,
     )
     model.train()

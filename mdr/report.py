@@ -21,7 +21,7 @@ NOT_RUN = "not run"
 
 
 def published_results() -> pd.DataFrame:
-    """The paper's numbers (a copy of shared/reference/paper_results.csv shipped inside the package)."""
+    """The paper's numbers (mdr/reference/paper_results.csv, shipped inside the package)."""
     with resources.files("mdr.reference").joinpath("paper_results.csv").open() as f:
         return pd.read_csv(f, dtype=str, keep_default_na=False)
 

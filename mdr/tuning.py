@@ -858,7 +858,7 @@ def _param_names(ctx: TuningContext) -> list[str]:
 
 
 def _guarded_init_store(ctx: TuningContext) -> None:
-    """Create the MLflow store and experiment once, before workers write to it (reference/tooling.md)."""
+    """Create the MLflow store and experiment once, before workers write to it (docs/tooling.md)."""
     try:
         from mdr.tracking import init_store
 

@@ -178,7 +178,7 @@ class Source:
         return None
 
 
-# The digests the datasets' publishers give (reference/datasets.md), registered by the recipes through
+# The digests the datasets' publishers give (docs/datasets.md), registered by the recipes through
 # `published(...)`. A file is "verified against the published hash" only when it matched one of these: a Source
 # whose hash was replaced (a test's fake, a private copy) is checked against that hash, but never reported as
 # the published release.

@@ -1,4 +1,4 @@
-"""Torch datasets over a prepared image cache, and the train / test transforms (reference/mdr.md §3)."""
+"""Torch datasets over a prepared image cache, and the train / test transforms (docs/method.md §3)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The m-per-class batch sampler of the authors' code (reference/mdr.md §3), exactly:
+"""The m-per-class batch sampler of the authors' code (docs/method.md §3), exactly:
 each iteration shuffles the classes, then takes min(m, class size) random images from each class in
 turn until the batch is full (the last class may contribute fewer, to fill the batch exactly)."""
 from __future__ import annotations

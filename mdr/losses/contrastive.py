@@ -1,6 +1,6 @@
 """Contrastive loss (Hadsell, Chopra & LeCun 2006) in the hinge form of pytorch-metric-learning.
 
-Settings are not published for MDR's Table 2(b) (reference/mdr.md §2.3); this is the common choice:
+Settings are not published for MDR's Table 2(b) (docs/method.md §2.3); this is the common choice:
 
     L = mean over positive pairs with nonzero loss of  max(0, d_ap - pos_margin)
       + mean over negative pairs with nonzero loss of  max(0, neg_margin - d_an)

@@ -1,6 +1,6 @@
 """Margin loss (Wu, Manmatha, Smola & Krähenbühl 2017, "Sampling Matters in Deep Embedding Learning").
 
-Settings for MDR's Table 2(b) are not published (reference/mdr.md §2.3); these follow Wu et al.:
+Settings for MDR's Table 2(b) are not published (docs/method.md §2.3); these follow Wu et al.:
 
     triplets: every ordered positive pair (a, p), a != p, plus one negative n per pair drawn by
               distance-weighted sampling (`sampling.distance_weighted_negatives`, as for the triplet loss)

@@ -1,4 +1,4 @@
-"""Triplet loss with distance-weighted negatives, as in the MDR authors' code (reference/mdr.md §2.1)."""
+"""Triplet loss with distance-weighted negatives, as in the MDR authors' code (docs/method.md §2.1)."""
 from __future__ import annotations
 
 import torch

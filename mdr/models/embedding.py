@@ -1,4 +1,4 @@
-"""Backbone + linear embedding head, with the normalisation the method asks for (reference/mdr.md §2.2).
+"""Backbone + linear embedding head, with the normalisation the method asks for (docs/method.md §2.2).
 
 normalization:
   batch_mean_distance  training mode only: output divided by the batch's mean off-diagonal pairwise

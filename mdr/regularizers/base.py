@@ -32,7 +32,7 @@ class StepContext:
 
 class Regularizer(nn.Module):
     # How the embedding head should normalise in training: "batch_mean_distance" (MDR's "learning
-    # without L2 normalization", reference/mdr.md §2.2), "l2", or "none".
+    # without L2 normalization", docs/method.md §2.2), "l2", or "none".
     normalization: str = "batch_mean_distance"
 
     def __init__(self) -> None:

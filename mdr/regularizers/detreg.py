@@ -1,4 +1,4 @@
-"""DetReg: determinant regularization with a normalising-flow metric head (reference: related_methods.md).
+"""DetReg: determinant regularization with a normalising-flow metric head (docs/related_methods.md).
 
 The paper (ICLR 2023 submission, no public code) is known only from summaries. The points it leaves
 open that are numbers or switches are parameters of `DetRegParams` (each with its default); every

@@ -3,7 +3,7 @@
 The original is closed-set (MNIST, Fashion-MNIST, CIFAR10): a master with one small conv branch per
 class (the label routes each image to its class's branch) feeding a shared head is trained first,
 its outputs for every training image become targets, and a student regresses onto them. Here it is a
-regularizer next to the base loss (related_methods.md):
+regularizer next to the base loss (docs/related_methods.md):
 
     L = weight * mean_i || proj(g(x_i)) - t(x_i) ||_2
 

@@ -1,4 +1,4 @@
-"""LSD: listwise self-distillation (Zeng et al., arXiv 2206.08880), as in related_methods.md.
+"""LSD: listwise self-distillation (Zeng et al., arXiv 2206.08880), as in docs/related_methods.md.
 
     L = (e / E) * alpha * tau^2 * L_KD,   L_KD = (1/B) sum_i KL(softmax(T_i / tau) || softmax(S_i / tau))
 with S = Z Z^T on the L2-normalised student embeddings of the batch, T = Zt Zt^T on the L2-normalised

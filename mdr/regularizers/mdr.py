@@ -1,4 +1,4 @@
-"""Multi-level Distance Regularization (Kim & Park, AAAI 2021), exactly as reference/mdr.md §1.
+"""Multi-level Distance Regularization (Kim & Park, AAAI 2021), exactly as docs/method.md §1.
 
 `MDR` is the loss itself: calling it on an (N, D) batch returns L_MDR. `MDRRegularizer` applies the
 paper's weights: lambda * L_MDR + nu * sum(levels^2).

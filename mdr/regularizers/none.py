@@ -15,6 +15,6 @@ class NoRegularizer(Regularizer):
 
 
 class L2NormBaseline(NoRegularizer):
-    """"+L2Norm": embeddings L2-normalised in training and evaluation (reference/mdr.md §2.2)."""
+    """"+L2Norm": embeddings L2-normalised in training and evaluation (docs/method.md §2.2)."""
 
     normalization = "l2"

@@ -1,4 +1,4 @@
-"""Distance-weighted negative sampling (Wu et al. 2017) against the formula of reference/mdr.md §2.1."""
+"""Distance-weighted negative sampling (Wu et al. 2017) against the formula of docs/method.md §2.1."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""MDR against an independent float64 computation written from reference/mdr.md §1."""
+"""MDR against an independent float64 computation written from docs/method.md §1."""
 import numpy as np
 import pytest
 import torch
