@@ -113,7 +113,10 @@ def describe_config(config: dict[str, Any], methods: dict[str, Any], fingerprint
         tags = config_tags(RunConfig.model_validate(config), methods)
     except ValidationError:
         losses, regularizers = _display_names(methods)
-        section = lambda key: config.get(key) if isinstance(config.get(key), dict) else {}  # noqa: E731
+
+        def section(key: str) -> dict[str, Any]:
+            return config.get(key) if isinstance(config.get(key), dict) else {}
+
         loss, reg = str(section("loss").get("name")), str(section("regularizer").get("name"))
         reg_label = regularizers.get(reg, reg)
         tags = {"method": losses.get(loss, loss) + (f"+{reg_label}" if reg_label else ""), "loss": loss,

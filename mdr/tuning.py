@@ -1067,10 +1067,13 @@ def retrain_best(profile: str, dataset: str, *, params_dir: Path = PARAMS_DIR, s
         if not metrics_path.exists():
             callbacks = []
             if tracking:
+                from mdr.describe import describe_config
                 from mdr.tracking import MLflowLogger
 
-                tags = {k: str(v) for k, v in facts.items() if k != "table"}
-                callbacks.append(MLflowLogger(profile, rid, {**tags, "tuned": "true", "study": tuned_doc["study"]["name"]}))
+                name, tags = describe_config(config.model_dump(mode="json"), load_methods(Path(params_dir)),
+                                             config.fingerprint())
+                callbacks.append(MLflowLogger(profile, rid, {**tags, "stands_in_for": str(facts["dataset"]), "tuned": "true",
+                                                             "study": tuned_doc["study"]["name"]}, f"tuned {name}"))
             say(f"[retrain] {rid}: training the tuned config on all training classes (seed {seed})")
             summary = train(config, run_dir, resume=True, progress=progress, echo=echo is not None, callbacks=callbacks).summary
             atomic_write_text(layout.trained_marker(profile, rid),
