@@ -102,3 +102,27 @@ def test_a_paper_train_on_a_machine_without_a_gpu_is_one_line_exit_2(capsys, mon
     assert train_stage.main(["--profile", "paper", "--run", rid, "--no-tracking"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: profile paper trains on a GPU (params/profiles/paper.yaml: resources.gpu 1")
+
+
+@pytest.mark.slow
+def test_a_dry_run_of_the_paper_profile_says_what_is_missing(tmp_path):
+    """`snakemake -n --config profile=paper` on this machine: the needs, then one warning per missing thing."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    # no GPU whatever the machine has; weights neither in this test's MDR_CACHE nor in an empty torch hub
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "torch")}
+    done = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-n", "--nolock", "--config",
+                           "profile=paper"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith(("note: ", "warning: "))]
+    assert lines[0].startswith("note: profile paper needs 9 prepared image caches (91 GB)")
+    warnings = lines[1:]
+    missing_caches = [w for w in warnings if w.startswith("warning: prepared dataset ")]
+    prepared = [d for d in ("cub200", "cars196", "sop", "inshop") for s in (256, 292)
+                if (root / "data" / "prepared" / f"{d}-{s}px" / "READY").exists()]
+    assert len(missing_caches) == 9 - len(prepared) - (root / "data/prepared/cifar10-32px/READY").exists()
+    assert sum(w.startswith("warning: pretrained weights ") for w in warnings) == 3
+    assert warnings[-1].startswith("warning: profile paper trains on 1 GPU per job and this machine has none")
