@@ -233,3 +233,14 @@ def test_a_live_run_logs_curves_and_its_name(tmp_path, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("mdr-smoke").experiment_id])
     assert run.info.run_name == "Triplet+MDR lambda 0.1 tiny s0 abc" and run.data.tags["run_id"] == "tiny-live"
     assert set(run.data.metrics) == {"loss", "reg_level_0"}
+
+
+def test_a_config_this_code_no_longer_accepts_is_described_by_the_names_it_holds():
+    from mdr.describe import describe_config
+    from mdr.grid import load_methods
+
+    old = {"seed": 1, "data": {"dataset": "renamed-set"}, "loss": {"name": "contrastive"},
+           "regularizer": {"name": "retired"}, "model": {"backbone": "smallcnn", "embedding_dim": 64}}
+    name, tags = describe_config(old, load_methods(), "0123abcd")
+    assert tags["method"] == "Contrastive+retired" and tags["dataset"] == "renamed-set"
+    assert name == "Contrastive+retired renamed-set s1 0123abcd"
