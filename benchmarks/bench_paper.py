@@ -85,8 +85,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(config, device: torch.device, iterations: int) -> float:
-    """Median seconds of one training step (see the module docstring); the step is the engine's."""
+def time_training(config, device: torch.device, iterations: int) -> tuple[float, float]:
+    """Median wall and CPU seconds (all threads) of one training step (see the module docstring); the step
+    is the engine's. On a shared machine the CPU time is the steadier figure."""
     from mdr.engine import build_components
     from mdr.regularizers import StepContext
 
@@ -96,10 +97,10 @@ def time_training(config, device: torch.device, iterations: int) -> float:
     images = torch.randn(t.batch_size, 3, crop, crop, device=device)
     labels = (torch.arange(t.batch_size, device=device) // t.images_per_class).long()
     model.train()
-    seconds = []
+    seconds, cpu = [], []
     for i in range(iterations + 1):  # the first step warms up (allocator, kernels) and is not counted
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         embeddings = model(images)
         total = loss_fn(embeddings, labels) + regularizer(
             embeddings, labels, StepContext(epoch=0, num_epochs=t.epochs, iteration=i, images=images, model=model))
@@ -109,7 +110,8 @@ def time_training(config, device: torch.device, iterations: int) -> float:
         synchronize(device)
         if i:
             seconds.append(time.perf_counter() - t0)
-    return statistics.median(seconds)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(seconds), statistics.median(cpu)
 
 
 @torch.no_grad()
@@ -234,9 +236,10 @@ def main(argv=None) -> None:
         device = torch.device(d)
         for s in chosen:
             config = representative(runs, s)
-            step[d, s] = time_training(config, device, args.iterations)
+            step[d, s], cpu = time_training(config, device, args.iterations)
             per_image[d, s] = time_embedding(config, device, args.eval_batches)
-            print(f"[{d}] {s}: {step[d, s]:.3f} s/iteration, {per_image[d, s] * 1e3:.2f} ms/test image", flush=True)
+            print(f"[{d}] {s}: {step[d, s]:.3f} s/iteration (CPU {cpu:.3f} s), {per_image[d, s] * 1e3:.2f} ms/test "
+                  "image", flush=True)
         for ds in datasets:
             config = next(r.config for r in runs if r.config.data.dataset == ds)
             retrieval[d, ds] = time_retrieval(config, device, args.nmi)
