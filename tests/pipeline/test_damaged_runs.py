@@ -39,6 +39,7 @@ def test_train_and_evaluate_refuse_a_crafted_checkpoint(tmp_path):
 def test_track_names_a_damaged_history(tmp_path, tiny_data):
     from tests.conftest import tiny_config
 
+    tiny_params(tmp_path / "params")  # the workspace's params/: runs are described by params/methods.yaml
     folder = tmp_path / "runs" / "smoke" / "tiny-run-seed0-00000000"
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(tiny_config(tiny_data).model_dump(mode="json")))
