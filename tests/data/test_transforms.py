@@ -21,7 +21,7 @@ def test_lanczos_crop_is_pils_lanczos_resize():
     tensor = torch.from_numpy(img).permute(2, 0, 1)
     whole = train_transform(32, (1.0, 1.0), (1.0, 1.0), hflip=False, interpolation="lanczos")  # crop = image
     got = (whole(tensor) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    want = np.asarray(Image.fromarray(img).resize((32, 32), Image.LANCZOS))
+    want = np.array(Image.fromarray(img).resize((32, 32), Image.LANCZOS))
     assert np.array_equal(got, want)
     bilinear = train_transform(32, (1.0, 1.0), (1.0, 1.0), hflip=False, interpolation="bilinear")(tensor)
     assert not torch.equal((bilinear * 255).round().to(torch.uint8).permute(1, 2, 0), torch.from_numpy(want))

@@ -17,7 +17,7 @@ def test_batch_mean_distance_scaling_in_training_only():
     # The head divided by a float32 mean of |x|^2 + |y|^2 - 2 x.y distances: each squared distance loses
     # (D + 2) u kappa with kappa = max (|x|^2 + |y|^2) / d^2 (the cancellation), its sqrt half that, and the
     # mean of the 30 pairs adds 30 u. Train-mode BN on the same batch gives the same raw output again.
-    raw = model.head(model.features(x)).double()
+    raw = model.head(model.features(x)).detach().double()
     sq_norms = raw.pow(2).sum(dim=1)
     kappa = float(((sq_norms[:, None] + sq_norms[None, :])[off] / torch.cdist(raw, raw)[off].pow(2)).max())
     u = 2.0**-24
