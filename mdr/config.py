@@ -39,6 +39,10 @@ class DataConfig(Strict):
         "lanczos", description="resampling of the training crop: 'lanczos' as the authors (PIL's Lanczos, "
         "per image), or 'bilinear' (torchvision's antialiased bilinear on tensors)")
     num_workers: int = Field(0, ge=0)
+    cached_views: int = Field(
+        0, ge=0, description="0: train the whole backbone on images. N > 0: freeze the backbone's lower part, "
+        "cache its outputs for N augmented views of every training image (mdr/features.py) and train its "
+        "upper part and the head on them (the embedded profile's fine-tuning)")
     validation_classes: int = Field(
         0, ge=0, description="hold out this many training classes (the last ones by label) and evaluate on "
         "them instead of the test split: for tuning, so the test classes are never used for selection")
@@ -142,6 +146,12 @@ class RunConfig(Strict):
             except ValidationError as e:
                 raise ValueError(f"{field}.params ({component.name}): " + _short_errors(e)) from None
             component.params = validated.model_dump()  # defaults filled in, so the hash sees them
+        if self.data.cached_views and not self.model.weights:
+            raise ValueError("data.cached_views freezes the backbone's lower part and caches its outputs: it needs "
+                             "the pretrained weights file in model.weights (a frozen random net is not cached)")
+        if self.data.cached_views and self.model.channels_last:
+            raise ValueError("model.channels_last applies to images; with data.cached_views > 0 the model sees "
+                             "cached feature vectors: set model.channels_last: false")
         bad = [m for m in self.optim.lr_milestones if not 0 < m < self.train.epochs]
         if bad:
             raise ValueError(f"optim.lr_milestones {bad} must lie strictly between 0 and train.epochs {self.train.epochs}")

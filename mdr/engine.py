@@ -34,9 +34,10 @@ from mdr.data.loading import CachedImages, test_transform, train_transform
 from mdr.data.prepared import PreparedDataset
 from mdr.data.registry import prepared_dir
 from mdr.data.sampler import MPerClassBatchSampler
+from mdr.features import CachedFeatureSet, CachedFeatureViews, UpperBackbone, lower_output_dim, split_backbone
 from mdr.io import atomic_torch_save, atomic_write_text
 from mdr.losses import LOSSES
-from mdr.models import EmbeddingModel, build_model
+from mdr.models import EmbeddingModel, build_model, create_backbone
 from mdr.regularizers import REGULARIZERS, Regularizer, StepContext
 from mdr.retrieval import BEST_EMBEDDINGS, FINAL_EMBEDDINGS, Embeddings
 from mdr.runtime import resolve_device, set_threads
@@ -84,9 +85,17 @@ class Components:
 
 def build_components(config: RunConfig, num_classes: int, device: torch.device) -> Components:
     m = config.model
-    context = {"num_classes": num_classes, "embedding_dim": m.embedding_dim}
+    net = create_backbone(m.backbone, m.pretrained, m.weights)
+    # input_dim: what the model is fed when it is not images (cached lower-part features), for regularizers
+    # with a network of their own on the inputs (Guided DML's master)
+    input_dim = None
+    if config.data.cached_views:  # the lower part lives in the feature cache: train the upper part only
+        lower, upper = split_backbone(net, m.backbone)
+        input_dim = lower_output_dim(net, lower, config.data.crop)
+        net = UpperBackbone(upper, net.feature_dim)
+    context = {"num_classes": num_classes, "embedding_dim": m.embedding_dim, "input_dim": input_dim}
     regularizer = REGULARIZERS.create(config.regularizer.name, config.regularizer.params, **context)
-    model = build_model(m.backbone, m.embedding_dim, config.normalization, m.freeze_bn, m.pretrained, m.weights,
+    model = build_model(net, m.embedding_dim, config.normalization, m.freeze_bn,
                         head_factory=regularizer.build_head, channels_last=m.channels_last).to(device)
     regularizer = regularizer.to(device)
     loss = LOSSES.create(config.loss.name, config.loss.params, **context).to(device)
@@ -135,21 +144,39 @@ def validation_labels(prepared: PreparedDataset, config: RunConfig) -> list[int]
     return [int(x) for x in labels[-n:]]
 
 
-def evaluation_sets(prepared: PreparedDataset, config: RunConfig) -> dict[str, CachedImages]:
+def evaluation_sets(prepared: PreparedDataset, config: RunConfig, progress: bool = False) -> dict[str, Any]:
     """What per-epoch evaluation retrieves on: the test split(s) with the test transform ({'test': ...} or
-    {'query': ..., 'gallery': ...}), or the held-out training classes when tuning (validation_classes > 0)."""
-    transform = test_transform(config.data.crop)
-    images_path = prepared.root / "images.npy"
+    {'query': ..., 'gallery': ...}), or the held-out training classes when tuning (validation_classes > 0).
+    With data.cached_views, the cached centre-crop features of the same images."""
     held_out = validation_labels(prepared, config)
     if held_out:
         rows = prepared.split("train")
-        rows = rows[rows["label"].isin(held_out)]
-        return {"test": CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(), transform)}
-    sets = {}
-    for split in prepared.eval_splits:
-        rows = prepared.split(split)
-        sets[split] = CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(), transform)
-    return sets
+        return {"test": eval_set(prepared, config, rows[rows["label"].isin(held_out)], progress)}
+    return {split: eval_set(prepared, config, prepared.split(split), progress) for split in prepared.eval_splits}
+
+
+def eval_set(prepared: PreparedDataset, config: RunConfig, rows: "pd.DataFrame", progress: bool = False):
+    """Rows of a prepared dataset as seen at test time: centre crops, or their cached features."""
+    indices, labels = rows["index"].to_numpy(), rows["label"].to_numpy()
+    if config.data.cached_views:
+        return CachedFeatureSet(load_features(prepared, config, progress), indices, labels)
+    return CachedImages(prepared.root / "images.npy", indices, labels, test_transform(config.data.crop))
+
+
+def train_set_of(prepared: PreparedDataset, config: RunConfig, rows: "pd.DataFrame", progress: bool = False):
+    """The training images with the training augmentation, or their cached augmented views."""
+    indices, labels = rows["index"].to_numpy(), rows["label"].to_numpy()
+    if config.data.cached_views:
+        return CachedFeatureViews(load_features(prepared, config, progress), indices, labels)
+    d = config.data
+    return CachedImages(prepared.root / "images.npy", indices, labels,
+                        train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip, d.crop_interpolation))
+
+
+def load_features(prepared: PreparedDataset, config: RunConfig, progress: bool = False):
+    from mdr.features import load_or_build
+
+    return load_or_build(config, prepared, progress)
 
 
 def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size: int,
@@ -215,17 +242,12 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     for cb in callbacks:
         cb.on_train_start(config, run_dir, start_epoch)
 
-    images_path = prepared.root / "images.npy"
-    d = config.data
-    train_set = CachedImages(images_path, train_rows["index"].to_numpy(), train_rows["label"].to_numpy(),
-                             train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip, d.crop_interpolation))
+    train_set = train_set_of(prepared, config, train_rows, progress)
     eval_sets = evaluation_sets(prepared, config)
     train_eval_set = None
     if config.eval.train_subset:
         pick = np.random.default_rng(config.seed).permutation(len(train_rows))[: config.eval.train_subset]
-        rows = train_rows.iloc[np.sort(pick)]
-        train_eval_set = {"test": CachedImages(images_path, rows["index"].to_numpy(), rows["label"].to_numpy(),
-                                               test_transform(d.crop))}
+        train_eval_set = {"test": eval_set(prepared, config, train_rows.iloc[np.sort(pick)])}
     if start_epoch == 0:
         regularizer.on_train_start(model, train_set, device)
 
@@ -319,12 +341,15 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
     seed_everything(seed)
     sampler = MPerClassBatchSampler(train_set.labels, t.batch_size, t.images_per_class, t.iterations_per_epoch, seed)
     workers = config.data.num_workers
-    loader = DataLoader(
-        train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
-        # forkserver: workers never fork a process in which faiss has run (docs/tooling.md).
-        multiprocessing_context="forkserver" if workers else None,
-    )
+    if isinstance(train_set, CachedFeatureViews):  # cached features: a batch is one indexing, no loader
+        loader: Any = (train_set.batch(np.asarray(positions)) for positions in sampler)
+    else:
+        loader = DataLoader(
+            train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+            # forkserver: workers never fork a process in which faiss has run (docs/tooling.md).
+            multiprocessing_context="forkserver" if workers else None,
+        )
     model.train()
     loss_fn.train()
     regularizer.train()

@@ -45,6 +45,18 @@ def _distinct(seeds: list[int]) -> list[int]:
 Seeds = Annotated[list[int], AfterValidator(_distinct)]
 
 
+def _runs_per_job(resources: dict[str, Any]) -> dict[str, Any]:
+    n = resources.get("runs_per_job", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"runs_per_job must be an integer >= 1 (the runs one train or evaluate job handles, "
+                         f"mdr/jobs.py), found {n!r}; set e.g. `runs_per_job: 4`, or remove it for one run per job")
+    return resources
+
+
+# Snakemake's resources of a train job, and `runs_per_job`: how many runs (of one config, seeds apart) a job handles.
+Resources = Annotated[dict[str, Any], AfterValidator(_runs_per_job)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,12 +85,17 @@ class Profile(Strict):
     description: str = ""
     seeds: Seeds = Field(min_length=1)
     datasets: dict[str, str] = Field(description="logical (paper) dataset -> dataset trained on")
+    backbones: dict[str, str] = Field(default_factory=dict, description="logical (paper) backbone -> backbone "
+                                      "trained (e.g. bninception -> glyphnet-m in the embedded profile); applied last")
+    table_seeds: dict[str, Seeds] = Field(default_factory=dict, description="seeds of the named tables in this "
+                                          "profile, where they differ from `seeds` (a table's own `seeds` wins)")
     default_image_size: int = 224
     image_sizes: dict[int, dict[str, Any]] = Field(description="preset name (paper crop size) -> settings")
     defaults: dict[str, Any]
     overrides: list[Override] = Field(default_factory=list)
     tables: list[str] | None = Field(None, description="tables to build; default: every file in params/tables")
-    resources: dict[str, Any] = Field(default_factory=dict, description="Snakemake resources of train jobs")
+    resources: Resources = Field(default_factory=dict, description="Snakemake resources of train jobs, and "
+                                 "runs_per_job (default 1): the runs of one config, seeds apart, that a job trains")
     tracking: Literal["live", "at_end"] = Field(
         "live", description="live: train and evaluate log each run to MLflow as it goes; at_end: one `track` "
         "stage after the report logs every run from its folder (track-rebuild), which saves each job the "
@@ -311,6 +328,10 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     # --- end tuning ---
     _apply(config, merged)
     layers.append((source, _dotted(merged)))
+    logical_backbone = config.get("model", {}).get("backbone")
+    if logical_backbone in profile.backbones:
+        set_path(config, "model.backbone", profile.backbones[logical_backbone])
+        layers.append((f"{profile_file} [backbones]", {"model.backbone"}))
     config["seed"] = seed
     return _validated(config, source, layers), facts
 
@@ -381,7 +402,7 @@ def run_id(config: RunConfig) -> str:
 def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
                  runs: dict[str, RunSpec], params_dir: Path = PARAMS_DIR) -> Table:
     axes = {name: table.axis(name).bundles() for name in table.rows + table.columns}
-    seeds = table.seeds or profile.seeds
+    seeds = table.seeds or profile.table_seeds.get(table.name) or profile.seeds
     cells = []
     for combo in itertools.product(*axes.values()):
         labels, settings, paper = {}, {}, {}

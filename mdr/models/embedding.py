@@ -64,11 +64,12 @@ class EmbeddingModel(nn.Module):
         return self.embed(self.features(images))
 
 
-def build_model(backbone: str, embedding_dim: int, normalization: str, freeze_bn: bool,
+def build_model(backbone: str | Backbone, embedding_dim: int, normalization: str, freeze_bn: bool,
                 pretrained: bool = False, weights: str | None = None,
                 head_factory: "Callable[[int, int], nn.Module | None] | None" = None,
                 channels_last: bool = False) -> EmbeddingModel:
-    """`head_factory(feature_dim, embedding_dim)` may supply a head other than the linear one."""
-    net = create_backbone(backbone, pretrained, weights)
+    """`head_factory(feature_dim, embedding_dim)` may supply a head other than the linear one; `backbone` is
+    a registered name (built with `pretrained` / `weights`) or an already built backbone."""
+    net = create_backbone(backbone, pretrained, weights) if isinstance(backbone, str) else backbone
     head = head_factory(net.feature_dim, embedding_dim) if head_factory else None
     return EmbeddingModel(net, embedding_dim, normalization, freeze_bn, head, channels_last)

@@ -23,6 +23,10 @@ from pathlib import Path
 
 import torch
 
+from mdr.io import file_sha256
+
+_sha256 = file_sha256  # the older private name, still imported elsewhere
+
 
 class WeightsUnavailableError(RuntimeError):
     pass
@@ -86,7 +90,7 @@ def weights_path(name: str, local_path: str | os.PathLike | None = None, progres
     target_dir = cache_dir() / "weights"
     if not (target_dir / source.filename).is_file():
         hub = _torch_hub_checkpoint(source.filename)
-        if hub is not None and _sha256(hub).startswith(source.sha256_prefix or ""):
+        if hub is not None and file_sha256(hub).startswith(source.sha256_prefix or ""):
             return hub  # torch's own cache already holds it (left untouched; a bad copy there is ignored)
     try:
         return fetch_sources([source], target_dir, progress=progress, download=download)[source.filename].path
@@ -106,14 +110,6 @@ def _torch_hub_checkpoint(filename: str) -> Path | None:
     except Exception:  # noqa: BLE001 - an odd TORCH_HOME must not break loading
         return None
     return path if path.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_pretrained_state_dict(name: str, local_path: str | None = None, progress: bool = True) -> dict[str, torch.Tensor]:

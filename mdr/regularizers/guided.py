@@ -48,13 +48,17 @@ from .base import Regularizer, StepContext
 
 
 class Master(nn.Module):
-    """Label-routed conv branches (class c -> branch c % branches) and a shared linear head."""
+    """Label-routed conv branches (class c -> branch c % branches) and a shared linear head. With `input_dim`
+    (the model is fed cached feature vectors, data.cached_views) the branches are two-layer MLPs of the same
+    widths on those vectors: the master sees what the student sees."""
 
-    def __init__(self, branches: int, width: int, target_dim: int, image_size: int):
+    def __init__(self, branches: int, width: int, target_dim: int, image_size: int, input_dim: int | None = None):
         super().__init__()
         self.image_size = image_size
+        self.input_dim = input_dim
         self.branches = nn.ModuleList(
-            nn.Sequential(
+            nn.Sequential(nn.Linear(input_dim, width), nn.ReLU(), nn.Linear(width, 2 * width), nn.ReLU())
+            if input_dim else nn.Sequential(
                 nn.Conv2d(3, width, 5, stride=2, padding=2), nn.ReLU(),
                 nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
                 nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
@@ -66,6 +70,8 @@ class Master(nn.Module):
         self.head = nn.Linear(2 * width, target_dim)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_dim:
+            return images
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)
@@ -113,7 +119,7 @@ class GuidedRegularizer(Regularizer):
     def __init__(self, weight: float = 0.1, target_dim: int = 64, branches: int | None = None, branch_width: int = 16,
                  image_size: int = 64, master_epochs: int = 2, master_iterations: int = 100, master_batch: int = 32,
                  margin: float = 3.0, beta: float = 0.005, master_optimizer: str = "adam", master_lr: float = 1e-3,
-                 seed: int = 0, num_classes: int = 16, embedding_dim: int = 512):
+                 seed: int = 0, num_classes: int = 16, embedding_dim: int = 512, input_dim: int | None = None):
         super().__init__()
         self.weight, self.margin, self.beta = weight, margin, beta
         self.master_epochs, self.master_iterations, self.master_batch = master_epochs, master_iterations, master_batch
@@ -121,7 +127,7 @@ class GuidedRegularizer(Regularizer):
         n_branches = branches if branches is not None else max(1, min(num_classes, 16))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.master = Master(n_branches, branch_width, target_dim, image_size)
+            self.master = Master(n_branches, branch_width, target_dim, image_size, input_dim)
             self.proj = nn.Linear(embedding_dim, target_dim)
         self.master.requires_grad_(False)
         self.master.eval()
