@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -213,6 +213,31 @@ def class_group(ch: str) -> str:
     return next(g for g, chars in CLASS_GROUPS.items() if ch in chars)
 
 
+# The embedded miniature's two disjoint character pools (mdr/data/GLYPH_BENCHMARKS.md): the four benchmarks
+# (glyphs-cub, -cars, -sop, -inshop) use only the first half of the canonical order, the pretraining set
+# glyphs-imagenet only the second. Contiguous halves, so each pool has its share of every script.
+POOL_SPLIT = 100
+
+
+def benchmark_chars() -> tuple[str, ...]:
+    return glyph_classes()[:POOL_SPLIT]
+
+
+def imagenet_chars() -> tuple[str, ...]:
+    return glyph_classes()[POOL_SPLIT:]
+
+
+def char_font_pairs(chars: tuple[str, ...], tag: str) -> list[tuple[str, GlyphFont]]:
+    """Every (character, font file that has it), ordered by sha256(tag/char/file): a dataset's canonical class
+    order, so any prefix (and each half of it) mixes characters and fonts evenly."""
+    pairs = [(ch, f) for ch in chars for f in fonts_for(ch)]
+    return sorted(pairs, key=lambda p: hashlib.sha256(f"{tag}/{p[0]}/{p[1].file}".encode()).hexdigest())
+
+
+def font_class_name(ch: str, font: GlyphFont) -> str:
+    return f"{unicodedata.name(ch)} / {font.file.removesuffix('.ttf')}"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------
@@ -221,6 +246,44 @@ SHEAR = 0.2  # horizontal shear factor, uniform in +-SHEAR
 LOG_ASPECT = 0.25  # log(width / height) stretch, uniform in +-LOG_ASPECT
 FILL = (0.55, 0.85)  # the glyph's larger side spans this fraction of the image (uniform)
 MIN_CONTRAST = 0.4  # |luminance(fg) - luminance(bg)| on a 0..1 scale
+COLOUR_JITTER = 10.0  # per-channel sigma (grey levels) around a class's fixed colour scheme
+
+
+@dataclass(frozen=True)
+class GlyphStyle:
+    """The geometric distribution an image's affine map is drawn from (glyphs: DEFAULT_STYLE)."""
+
+    rotation_deg: float = ROTATION_DEG
+    shear: float = SHEAR
+    log_aspect: float = LOG_ASPECT
+    fill: tuple[float, float] = FILL
+
+
+DEFAULT_STYLE = GlyphStyle()
+
+
+@dataclass(frozen=True)
+class GlyphSpec:
+    """One class: a character, optionally tied to one font family or one font file, and to one colour
+    scheme (foreground, background RGB). Unset fields vary per image, as in `glyphs`."""
+
+    char: str
+    family: str | None = None
+    file: str | None = None
+    colours: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+
+    def fonts(self) -> tuple[GlyphFont, ...]:
+        """The fonts an image of this class is drawn in (FONTS order)."""
+        return tuple(f for f in fonts_for(self.char)
+                     if self.family in (None, f.family) and self.file in (None, f.file))
+
+    def key(self) -> list[int]:
+        """This class's part of an image's seed: the code point, plus a hash of the fixed fields (if any),
+        so two classes of one character never share an image's draws (a plain spec keeps glyphs' seeds)."""
+        if self.family is None and self.file is None and self.colours is None:
+            return [ord(self.char)]
+        fixed = f"{self.family}|{self.file}|{self.colours}".encode()
+        return [ord(self.char), int(hashlib.sha256(fixed).hexdigest()[:8], 16)]
 
 
 def supersample(image_size: int) -> int:
@@ -262,37 +325,56 @@ def _luminance(rgb: np.ndarray) -> float:
     return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255.0
 
 
+def _random_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, background): a random background and a foreground whose luminance contrasts with it."""
+    bg = rng.uniform(0, 255, size=3)
+    for _ in range(64):
+        fg = rng.uniform(0, 255, size=3)
+        if abs(_luminance(fg) - _luminance(bg)) >= MIN_CONTRAST:
+            return fg, bg
+    return np.full(3, 0.0 if _luminance(bg) > 0.5 else 255.0), bg  # pragma: no cover - vanishingly rare
+
+
 def render_glyph(ch: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = DEFAULT_SEED) -> np.ndarray:
     """Image `index` of class `ch`: (S, S, 3) uint8, a pure function of (seed, code point, index, S)."""
+    return render_spec(GlyphSpec(ch), index, image_size, seed)
+
+
+def render_spec(spec: GlyphSpec, index: int, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = DEFAULT_SEED,
+                style: GlyphStyle = DEFAULT_STYLE) -> np.ndarray:
+    """Image `index` of class `spec`: (S, S, 3) uint8, a pure function of (seed, spec, index, S, style)."""
     from PIL import Image, ImageFilter
 
-    rng = np.random.default_rng([seed, ord(ch), index])
+    key = spec.key()
+    rng = np.random.default_rng([seed, key[0], index, *key[1:]])
+    ch = spec.char
     size = image_size
     hi = size * supersample(size)
     em = int(round(1.2 * hi))
 
     # Font: a family uniformly among those that have the character, then a style within it.
-    fonts = fonts_for(ch)
+    fonts = spec.fonts()
+    if not fonts:
+        raise KeyError(f"no font has {ch!r} (U+{ord(ch):04X}) in family {spec.family} / file {spec.file}")
     families = [fam for fam in FAMILIES if any(f.family == fam for f in fonts)]
     family = families[int(rng.integers(len(families)))]
     styles = [f for f in fonts if f.family == family]
     font = styles[int(rng.integers(len(styles)))]
 
     # Every random draw, in a fixed order, from this image's own generator.
-    theta = math.radians(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
-    shear = rng.uniform(-SHEAR, SHEAR)
-    log_aspect = rng.uniform(-LOG_ASPECT, LOG_ASPECT)
-    fill = rng.uniform(*FILL)
+    theta = math.radians(rng.uniform(-style.rotation_deg, style.rotation_deg))
+    shear = rng.uniform(-style.shear, style.shear)
+    log_aspect = rng.uniform(-style.log_aspect, style.log_aspect)
+    fill = rng.uniform(*style.fill)
     shift = rng.uniform(-1.0, 1.0, size=2)
     weight = int(rng.choice([0, 0, 0, 1, 1, 2]))  # extra stroke weight: dilation radius per 144 hi-res px
-    # Colours: background (with a gentle linear gradient) and a foreground that contrasts with it.
-    bg = rng.uniform(0, 255, size=3)
-    for _ in range(64):
-        fg = rng.uniform(0, 255, size=3)
-        if abs(_luminance(fg) - _luminance(bg)) >= MIN_CONTRAST:
-            break
-    else:  # pragma: no cover - vanishingly rare
-        fg = np.full(3, 0.0 if _luminance(bg) > 0.5 else 255.0)
+    # Colours: background (with a gentle linear gradient) and a foreground that contrasts with it; with a
+    # fixed scheme, both jittered around the scheme's colours.
+    if spec.colours is not None:
+        fg, bg = (np.clip(np.asarray(c, dtype=np.float64) + rng.normal(0, COLOUR_JITTER, size=3), 0, 255)
+                  for c in spec.colours)
+    else:
+        fg, bg = _random_colours(rng)
     bg2 = np.clip(bg + rng.normal(0, 30, size=3), 0, 255)
     grad_angle = rng.uniform(0, 2 * math.pi)
     blur = rng.uniform(0.3, 0.8) if rng.uniform() < 0.3 else 0.0
@@ -356,6 +438,11 @@ def check_coverage(classes: tuple[str, ...] | list[str]) -> None:
         )
 
 
+def check_image_size(image_size: int) -> None:
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -404,47 +491,26 @@ def generate_glyphs(
     class is in both splits instead: its images 0..n-1 are train, the rest test (closed-set, as CIFAR-10).
     Image i of class ch is render_glyph(ch, i, image_size, seed).
     """
-    from tqdm import tqdm
-
     all_classes = glyph_classes()
     if not 2 <= num_classes <= len(all_classes):
         raise ValueError(f"num_classes must be between 2 and {len(all_classes)}, got {num_classes}")
     if images_per_class < 1:
         raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    check_image_size(image_size)
     if closed_set_train is not None and not 1 <= closed_set_train < images_per_class:
         raise ValueError(f"closed_set_train must be between 1 and images_per_class - 1, got {closed_set_train}")
     classes = all_classes[:num_classes]
     check_coverage(classes)
     n_train = num_classes // 2
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")  # where write_prepared assembles the folder
-    tmp.mkdir(parents=True, exist_ok=True)
-    n = num_classes * images_per_class
-    images = np.lib.format.open_memmap(
-        tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, image_size, image_size, 3)
-    )
-    rows = []
-    for label, ch in enumerate(tqdm(classes, desc=f"{name} {image_size}px", unit="class", disable=not progress)):
-        for i in range(images_per_class):
-            if closed_set_train is None:
-                split = "train" if label < n_train else "test"
-            else:
-                split = "train" if i < closed_set_train else "test"
-            images[label * images_per_class + i] = render_glyph(ch, i, image_size, seed)
-            rows.append((f"glyph/U+{ord(ch):04X}/{i:04d}.png", label, ord(ch), unicodedata.name(ch), split))
-    images.flush()
-    manifest = pd.DataFrame(rows, columns=["path", "label", "class_id", "class_name", "split"])
-
-    used = [f for f in FONTS if any(glyph_code(f, ch) is not None for ch in classes)]
+    plans = []
+    for label, ch in enumerate(classes):
+        if closed_set_train is None:
+            splits = ("train" if label < n_train else "test",) * images_per_class
+        else:
+            splits = ("train",) * closed_set_train + ("test",) * (images_per_class - closed_set_train)
+        plans.append(char_class(label, GlyphSpec(ch), splits))
     meta = {
-        "name": name,
         "title": RECIPE_TITLE,
-        "source": "embedded: rendered from the fonts in matplotlib's mpl-data/fonts/ttf",
-        "generator": "mdr.data.recipes.glyphs",
-        "generator_version": GENERATOR_VERSION,
         "params": {
             "image_size": image_size,
             "images_per_class": images_per_class,
@@ -456,15 +522,127 @@ def generate_glyphs(
         "split_rule": ("first num_classes // 2 classes of glyph_classes() are train, the rest test"
                        if closed_set_train is None else
                        "closed set: images 0..closed_set_train-1 of every class are train, the rest test"),
-        "class_chars": "".join(classes),
-        "fonts": [{"file": f.file, "family": f.family, "sha256": _font_sha256(f.file)} for f in used],
+    }
+    return write_glyph_dataset(out_dir, name, plans, image_size, seed, meta,
+                               expected_counts(num_classes, images_per_class, closed_set_train), progress=progress)
+
+
+@dataclass(frozen=True)
+class GlyphClass:
+    """One class of a glyph dataset as written: what is drawn, its manifest fields, one split per image."""
+
+    spec: GlyphSpec
+    label: int
+    class_id: int
+    class_name: str
+    folder: str  # manifest path of image i: f"{folder}/{i:04d}.png" (no PNG is written)
+    splits: tuple[str, ...]
+
+
+def char_class(label: int, spec: GlyphSpec, splits: tuple[str, ...]) -> GlyphClass:
+    """A class that is one character in varying fonts: class_id = code point, class_name its Unicode name."""
+    return GlyphClass(spec, label, ord(spec.char), unicodedata.name(spec.char), f"glyph/U+{ord(spec.char):04X}",
+                      splits)
+
+
+def zero_shot_classes(pool: tuple[str, ...], num_classes: int, images_per_class: int) -> list[GlyphClass]:
+    """One class per character of pool[:num_classes] (fonts vary per image); the first half train, the rest test."""
+    check_range("num_classes", num_classes, 2, len(pool))
+    check_range("images_per_class", images_per_class, 1, 10_000)
+    chars = pool[:num_classes]
+    n_train = len(chars) // 2
+    return [char_class(label, GlyphSpec(ch), ("train" if label < n_train else "test",) * images_per_class)
+            for label, ch in enumerate(chars)]
+
+
+def check_range(what: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+
+
+def split_counts(classes: list[GlyphClass]) -> dict[str, int]:
+    """Images per split: what a recipe's pinned expected counts must equal."""
+    counts: dict[str, int] = {}
+    for c in classes:
+        for split in c.splits:
+            counts[split] = counts.get(split, 0) + 1
+    return counts
+
+
+def write_glyph_dataset(out_dir: str | os.PathLike, name: str, classes: list[GlyphClass], image_size: int,
+                        seed: int, meta: dict, expected: dict[str, int] | None, style: GlyphStyle = DEFAULT_STYLE,
+                        progress: bool = True) -> PreparedDataset:
+    """Render `classes` (image i of a class = render_spec(spec, i, image_size, seed, style)) into `out_dir` in
+    the prepared format, with `meta` (title, params, split rule, ...) plus what every glyph dataset records."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")  # where write_prepared assembles the folder
+    tmp.mkdir(parents=True, exist_ok=True)
+    n = sum(len(c.splits) for c in classes)
+    images = np.lib.format.open_memmap(
+        tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, image_size, image_size, 3)
+    )
+    rows = []
+    for c in tqdm(classes, desc=f"{name} {image_size}px", unit="class", disable=not progress):
+        for i, split in enumerate(c.splits):
+            images[len(rows)] = render_spec(c.spec, i, image_size, seed, style)
+            rows.append((f"{c.folder}/{i:04d}.png", c.label, c.class_id, c.class_name, split))
+    images.flush()
+    manifest = pd.DataFrame(rows, columns=["path", "label", "class_id", "class_name", "split"])
+
+    used = {f for c in classes for f in c.spec.fonts()}
+    meta = {
+        "name": name,
+        "source": "embedded: rendered from the fonts in matplotlib's mpl-data/fonts/ttf",
+        "generator": "mdr.data.recipes.glyphs",
+        "generator_version": GENERATOR_VERSION,
+        **meta,
+        "class_chars": "".join(dict.fromkeys(c.spec.char for c in classes)),
+        "fonts": [{"file": f.file, "family": f.family, "sha256": _font_sha256(f.file)} for f in FONTS if f in used],
         "versions": _versions(),
         "images_sha256": _sha256_file(tmp / "images.npy"),
     }
-    counts = expected_counts(num_classes, images_per_class, closed_set_train)
-    prepared = write_prepared(out_dir, manifest, images, meta, expected_counts=counts)
+    prepared = write_prepared(out_dir, manifest, images, meta, expected_counts=expected)
     del images
     return prepared
+
+
+@dataclass(frozen=True)
+class GlyphRecipe:
+    """What one embedded glyph dataset module declares (mdr/data/GLYPH_BENCHMARKS.md): it writes the module's
+    classes with the module's seed and style, and registers the module's prepare function."""
+
+    name: str
+    title: str
+    version: int  # the module's RECIPE_VERSION, recorded as meta["recipe_version"]
+    seed: int
+    ks: tuple[int, ...]
+    expected_counts: dict[str, int]  # at the registered size, pinned (computing it needs the fonts)
+    split_rule: str
+    style: GlyphStyle = DEFAULT_STYLE
+    query_gallery: bool = False
+
+    def write(self, out_dir: str | os.PathLike, image_size: int, classes: list[GlyphClass], params: dict,
+              progress: bool = True) -> PreparedDataset:
+        check_image_size(image_size)
+        meta = {"title": self.title, "recipe_version": self.version, "split_rule": self.split_rule,
+                "params": {"image_size": image_size, "seed": self.seed, "supersample": supersample(image_size),
+                           **({} if self.style == DEFAULT_STYLE else {"style": asdict(self.style)}),
+                           **params}}
+        return write_glyph_dataset(out_dir, self.name, classes, image_size, self.seed, meta, None, self.style,
+                                   progress)
+
+    def write_zero_shot(self, out_dir: str | os.PathLike, image_size: int, pool: tuple[str, ...], num_classes: int,
+                        images_per_class: int, progress: bool = True) -> PreparedDataset:
+        """A CUB-like dataset: zero_shot_classes(pool, num_classes, images_per_class)."""
+        return self.write(out_dir, image_size, zero_shot_classes(pool, num_classes, images_per_class),
+                          {"num_classes": num_classes, "images_per_class": images_per_class}, progress)
+
+    def register(self, prepare) -> DatasetRecipe:
+        return register_dataset(DatasetRecipe(
+            name=self.name, title=self.title, ks=self.ks, fetch=_fetch, prepare=prepare,
+            expected_counts=dict(self.expected_counts), embedded=True, query_gallery=self.query_gallery))
 
 
 def glyph_contact_sheet(
@@ -494,8 +672,9 @@ def glyph_contact_sheet(
         rows = man[man["label"] == label].sort_values("index")
         first = rows.iloc[0]
         y = r * (cell + pad)
-        draw.text((4, y + cell // 2), chr(int(first["class_id"])), font=big, fill=(0, 0, 0), anchor="lm")
-        draw.text((cell + 4, y + cell // 2), f"U+{int(first['class_id']):04X}\n{first['split']} #{label}",
+        ch = unicodedata.lookup(first["class_name"].split(" / ")[0])  # "<Unicode name>[ / font[ / colours]]"
+        draw.text((4, y + cell // 2), ch, font=big, fill=(0, 0, 0), anchor="lm")
+        draw.text((cell + 4, y + cell // 2), f"U+{ord(ch):04X}\n{first['split']} #{label}",
                   font=small, fill=(60, 60, 60), anchor="lm")
         for j, idx in enumerate(rows["index"].to_numpy()[:per_class]):
             tile = Image.fromarray(np.asarray(imgs[idx])).resize((cell, cell), Image.Resampling.NEAREST)
