@@ -99,6 +99,24 @@ rule prepare:
         "{PY} -m pipeline prepare {wildcards.dataset} --image-size {wildcards.size} --data-root data"
 
 
+from mdr.pretrain import PRETRAIN_DATASET, PRETRAIN_IMAGE_SIZE
+
+
+rule pretrain:
+    # the embedded "ImageNet" start of a glyphnet backbone (mdr/pretrain.py); loading it checks the sidecar's
+    # sha256, and a damaged file is removed there, so the next run of this rule rebuilds it
+    input:
+        str(prepared_dir("data", PRETRAIN_DATASET, PRETRAIN_IMAGE_SIZE) / "READY"),
+    output:
+        weights="data/pretrained/{backbone}.pt",
+        sidecar="data/pretrained/{backbone}.json",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{PY} -m pipeline pretrain --backbone {wildcards.backbone} --data-root data --out {output.weights} --no-bars"
+
+
 rule tracking_init:
     output:
         str(layout.tracking_ready(PROFILE)),

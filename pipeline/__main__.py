@@ -12,6 +12,7 @@ import sys
 
 STAGES = {
     "prepare": "pipeline.prepare",
+    "pretrain": "pipeline.pretrain",
     "train": "pipeline.train",
     "evaluate": "pipeline.evaluate",
     "aggregate": "pipeline.aggregate",

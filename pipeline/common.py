@@ -48,12 +48,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mdr.engine import CheckpointMismatchError, NonFiniteLossError
     from mdr.io import DamagedFileError
     from mdr.locking import LockedError
+    from mdr.models.weights import WeightsUnavailableError
     from mdr.tracking import TrackingStoreError
     from mdr.registry import UnknownNameError
 
     errors: list[type[BaseException]] = [ConfigError, UnknownNameError, DatasetNotPreparedError, RawFilesError,
                                          NonFiniteLossError, CheckpointMismatchError, DamagedFileError, LockedError,
-                                         DiskFullError, TrackingStoreError]
+                                         DiskFullError, TrackingStoreError, WeightsUnavailableError]
     try:
         from mdr.data.fetch import FetchError
 

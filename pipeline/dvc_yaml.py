@@ -6,7 +6,8 @@ from what params/ give now (drift); the pipeline's own first stage, `grid`, runs
 params file changes, so `dvc repro` (or `dvc exp run -S ...`) on a stale dvc.yaml stops before any job.
 
 The stages and their commands are the Snakefile's: grid (DVC only) -> prepare@<dataset>-<size>px ->
-tracking_init -> train@<run> -> evaluate@<run> -> aggregate-<table> -> report -> metrics (DVC only:
+pretrain@<backbone> (runs whose model.weights is <data root>/pretrained/<backbone>.pt) -> tracking_init ->
+train@<run> -> evaluate@<run> -> aggregate-<table> -> report -> metrics (DVC only:
 results/<profile>/metrics.json for `dvc metrics show`).
 
 What each stage depends on, and why:
@@ -95,6 +96,8 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
     from mdr import grid as grid_module
     from mdr import layout
     from mdr.data.registry import prepared_dir
+    from mdr.models.pretrained_file import sidecar_path
+    from mdr.pretrain import PRETRAIN_DATASET, PRETRAIN_IMAGE_SIZE
 
     root = Path.cwd() if root is None else root
     params_dir = Path(params_dir or grid_module.PARAMS_DIR)
@@ -115,15 +118,27 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         "params": [{profile_file: None}, {methods_file: None}] + [{f: None} for f in table_file.values()],
         "outs": [_out(marker)],
     }
+    pretrained = pretrained_outputs(grid)
+    datasets = grid.datasets() + ([(PRETRAIN_DATASET, PRETRAIN_IMAGE_SIZE)] if pretrained else [])
     stages["prepare"] = {
         "foreach": {_checked_name("dataset", prepared_dir("data", d, s).name): {"dataset": d, "size": s}
-                    for d, s in grid.datasets()},
+                    for d, s in sorted(set(datasets))},
         "do": {
             "cmd": "python -m pipeline prepare ${item.dataset} --image-size ${item.size} --data-root data",
             "deps": [marker],
             "outs": [_out(ready("${item.dataset}", "${item.size}"))],
         },
     }
+    if pretrained:  # the embedded "ImageNet" start of the backbones whose model.weights the pretrain stage writes
+        stages["pretrain"] = {
+            "foreach": {_checked_name("backbone", b): {"out": out, "sidecar": sidecar_path(out).as_posix()}
+                        for b, out in pretrained.items()},
+            "do": {
+                "cmd": "python -m pipeline pretrain --backbone ${key} --data-root data --out ${item.out} --no-bars",
+                "deps": [ready(PRETRAIN_DATASET, PRETRAIN_IMAGE_SIZE)],
+                "outs": [_out("${item.out}"), _out("${item.sidecar}")],
+            },
+        }
     stages["tracking_init"] = {
         "cmd": f"python -m pipeline tracking-init --profile {p} --marker {tracking}",
         "deps": [marker],
@@ -201,6 +216,18 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         if table.definition.kind == "figure":
             plots.append(layout.table_files(p, name, "figure")["png"].as_posix())
     return {"stages": stages, "plots": plots}
+
+
+def pretrained_outputs(grid) -> dict[str, str]:
+    """backbone -> its model.weights file, for the runs whose weights file is the pretrain stage's output."""
+    from mdr.models.pretrained_file import is_stage_output
+
+    found = {}
+    for spec in grid.runs.values():
+        m = spec.config.model
+        if m.weights and is_stage_output(m.backbone, Path(m.weights)):
+            found[m.backbone] = Path(m.weights).as_posix()
+    return dict(sorted(found.items()))
 
 
 def _dump(data: Any) -> str:

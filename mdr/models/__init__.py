@@ -5,3 +5,4 @@ from .embedding import EmbeddingModel, build_model
 __all__ = ["BACKBONES", "Backbone", "InputSpec", "create_backbone", "EmbeddingModel", "build_model"]
 
 from . import bninception  # noqa: E402,F401  (registers "bninception")
+from . import glyphnet  # noqa: E402,F401  (registers "glyphnet-s", "glyphnet-m", "glyphnet-l")

@@ -217,11 +217,19 @@ def test_rejects_bad_parameters(tmp_path):
                  lambda: glyphs_cars.generate(tmp_path / "x", num_classes=101, progress=False),
                  lambda: glyphs_sop.generate(tmp_path / "x", num_classes=10_000, progress=False),
                  lambda: glyphs_inshop.generate(tmp_path / "x", schemes_per_item=9, progress=False),
-                 lambda: glyphs_imagenet.generate(tmp_path / "x", test_per_class=30, progress=False),
-                 lambda: glyphs_sop.generate(tmp_path / "x", image_size=4, progress=False)):
-        with pytest.raises(ValueError, match="must be"):
+                 lambda: glyphs_imagenet.generate(tmp_path / "x", test_per_class=30, progress=False)):
+        with pytest.raises(ValueError, match="must be between"):
             call()
     assert not list(tmp_path.iterdir())
+
+
+def test_too_small_an_image_size_is_one_line_exit_2(tmp_path, capsys):
+    rc = prepare.main(["glyphs-sop", "--image-size", "4", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0] == ("error: image size 4 is too small for the glyph datasets: they are rendered at 8 px per side "
+                      "or more; pass e.g. --image-size 36 (the smoke profile's)")
+    assert not (prepared_dir(tmp_path, "glyphs-sop", 4) / "READY").exists()
 
 
 # ------------------------------------------------------------------------------------------- end to end

@@ -439,8 +439,12 @@ def check_coverage(classes: tuple[str, ...] | list[str]) -> None:
 
 
 def check_image_size(image_size: int) -> None:
+    """A glyph must stay legible: a user's `--image-size` below 8 is a ConfigError (one line, exit 2)."""
     if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+        from mdr.config import ConfigError
+
+        raise ConfigError(f"image size {image_size} is too small for the glyph datasets: they are rendered at 8 px "
+                          f"per side or more; pass e.g. --image-size 36 (the smoke profile's)")
 
 
 def _sha256_file(path: Path) -> str:
