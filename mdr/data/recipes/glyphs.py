@@ -8,6 +8,10 @@ second half `test`, so evaluation retrieves characters never seen in training.
 
 Everything is a pure function of (seed, code point, image index) and the font files, so the output is
 bit-identical across runs and independent of generation order. See mdr/data/GLYPHS.md.
+
+The same renderer makes the miniature's five datasets (glyphs-imagenet, -cub, -cars, -sop, -inshop): a class
+is then a GlyphSpec (a character, optionally a fixed family, font file or colour scheme), drawn with a
+GlyphStyle, and each recipe module declares a GlyphRecipe. See mdr/data/GLYPH_BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import logging
 import math
 import os
 import unicodedata
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -566,11 +571,7 @@ def check_range(what: str, value: int, low: int, high: int) -> None:
 
 def split_counts(classes: list[GlyphClass]) -> dict[str, int]:
     """Images per split: what a recipe's pinned expected counts must equal."""
-    counts: dict[str, int] = {}
-    for c in classes:
-        for split in c.splits:
-            counts[split] = counts.get(split, 0) + 1
-    return counts
+    return dict(Counter(split for c in classes for split in c.splits))
 
 
 def write_glyph_dataset(out_dir: str | os.PathLike, name: str, classes: list[GlyphClass], image_size: int,
