@@ -1,7 +1,7 @@
 """GlyphNets: the embedded profile's three "ImageNet" backbones for 32 px glyphs (small / medium / large).
 
 Each is a `lower` part (conv-BN-ReLU-maxpool blocks, then global average pooling: (N, 3, H, W) ->
-(N, lower_dim)) and an `upper` part (Linear(lower_dim, 512) + ReLU: (N, lower_dim) -> (N, 512)), and
+(N, lower_dim)) and an `upper` part (Linear(lower_dim, 512) + BatchNorm + ReLU: (N, lower_dim) -> (N, 512)), and
 forward(x) = upper(lower(x)). The split is what the feature cache needs: `lower` is frozen and its
 outputs cached per image and view, `upper` is fine-tuned. The widths are SmallCNN's (32, 64, 128, 256)
 times 0.5 / 1 / 1.5: 0.16 M / 0.52 M / 1.07 M parameters. Not x2 for the large one: that costs 4.4x the medium
@@ -34,7 +34,10 @@ class GlyphNet(Backbone):
         blocks = SmallCNN(widths).features  # conv-BN-ReLU-maxpool per width
         self.lower = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.lower_dim = widths[-1]
-        self.upper = nn.Sequential(nn.Linear(self.lower_dim, feature_dim), nn.ReLU(inplace=True))
+        # BatchNorm before the ReLU, as in every conv block: with Linear + ReLU alone, softmax pretraining drove
+        # all 512 units negative within the first epoch (dead ReLUs, loss stuck at log(classes))
+        self.upper = nn.Sequential(nn.Linear(self.lower_dim, feature_dim, bias=False), nn.BatchNorm1d(feature_dim),
+                                   nn.ReLU(inplace=True))
         self.feature_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
