@@ -124,35 +124,84 @@ rule tracking_init:
         "{PY} -m pipeline tracking-init --profile {PROFILE} --marker {output}"
 
 
-rule train:
-    input:
-        data=lambda w: prepared_marker(w.run),
-        tracking=str(layout.tracking_ready(PROFILE)),
-    output:
-        f"runs/{PROFILE}/{{run}}/trained.json",
-    params:
-        # Every hyperparameter is in the run id's hash; the fingerprint makes Snakemake see it too.
-        fingerprint=lambda w: GRID.runs[w.run].config.fingerprint(),
-    threads: RES.get("threads", 1)
-    resources:
-        mem_mb=RES.get("mem_mb", 4000),
-        gpu=RES.get("gpu", 0),
-        runtime=lambda w: run_minutes(GRID.runs[w.run].config),
-    shell:
-        "{PY} -m pipeline train --profile {PROFILE} --run {wildcards.run} --no-bars"
+from mdr.jobs import jobs, pretrained_weights, runs_per_job
 
 
-rule evaluate:
-    input:
-        f"runs/{PROFILE}/{{run}}/trained.json",
-    output:
-        f"runs/{PROFILE}/{{run}}/metrics.json",
-    threads: RES.get("threads", 1)
-    resources:
-        mem_mb=RES.get("mem_mb", 4000),
-        gpu=RES.get("gpu", 0),
-    shell:
-        "{PY} -m pipeline evaluate --profile {PROFILE} --run {wildcards.run}"
+def weights_made_here(run_ids):
+    # the model.weights files that the pretrain stage writes (under <data.root>/pretrained/)
+    return sorted({w for r in run_ids if (w := pretrained_weights(GRID.runs[r].config))})
+
+
+if runs_per_job(GRID) == 1:  # one job per run (the paper profile)
+
+    rule train:
+        input:
+            data=lambda w: prepared_marker(w.run),
+            tracking=str(layout.tracking_ready(PROFILE)),
+            weights=lambda w: weights_made_here([w.run]),
+        output:
+            f"runs/{PROFILE}/{{run}}/trained.json",
+        params:
+            # Every hyperparameter is in the run id's hash; the fingerprint makes Snakemake see it too.
+            fingerprint=lambda w: GRID.runs[w.run].config.fingerprint(),
+        threads: RES.get("threads", 1)
+        resources:
+            mem_mb=RES.get("mem_mb", 4000),
+            gpu=RES.get("gpu", 0),
+            runtime=lambda w: run_minutes(GRID.runs[w.run].config),
+        shell:
+            "{PY} -m pipeline train --profile {PROFILE} --run {wildcards.run} --no-bars"
+
+    rule evaluate:
+        input:
+            f"runs/{PROFILE}/{{run}}/trained.json",
+        output:
+            f"runs/{PROFILE}/{{run}}/metrics.json",
+        threads: RES.get("threads", 1)
+        resources:
+            mem_mb=RES.get("mem_mb", 4000),
+            gpu=RES.get("gpu", 0),
+        shell:
+            "{PY} -m pipeline evaluate --profile {PROFILE} --run {wildcards.run}"
+
+else:  # resources.runs_per_job > 1: one train and one evaluate rule per job of several runs (mdr/jobs.py)
+    for JOB in jobs(GRID).values():
+
+        rule:
+            name:
+                f"train_{JOB.job_id}"
+            input:
+                data=sorted({prepared_marker(r) for r in JOB.run_ids}),
+                tracking=str(layout.tracking_ready(PROFILE)),
+                weights=weights_made_here(JOB.run_ids),
+            output:
+                [str(layout.trained_marker(PROFILE, r)) for r in JOB.run_ids],
+            params:
+                fingerprint=" ".join(GRID.runs[r].config.fingerprint() for r in JOB.run_ids),
+                runs=" ".join(f"--run {r}" for r in JOB.run_ids),
+            threads: RES.get("threads", 1)
+            resources:
+                mem_mb=RES.get("mem_mb", 4000),
+                gpu=RES.get("gpu", 0),
+                runtime=sum(run_minutes(GRID.runs[r].config) for r in JOB.run_ids),
+            shell:
+                "{PY} -m pipeline train --profile {PROFILE} {params.runs} --no-bars"
+
+        rule:
+            name:
+                f"evaluate_{JOB.job_id}"
+            input:
+                [str(layout.trained_marker(PROFILE, r)) for r in JOB.run_ids],
+            output:
+                [str(layout.metrics_file(PROFILE, r)) for r in JOB.run_ids],
+            params:
+                runs=" ".join(f"--run {r}" for r in JOB.run_ids),
+            threads: RES.get("threads", 1)
+            resources:
+                mem_mb=RES.get("mem_mb", 4000),
+                gpu=RES.get("gpu", 0),
+            shell:
+                "{PY} -m pipeline evaluate --profile {PROFILE} {params.runs}"
 
 
 rule aggregate_table:

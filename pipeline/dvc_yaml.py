@@ -8,13 +8,17 @@ params file changes, so `dvc repro` (or `dvc exp run -S ...`) on a stale dvc.yam
 The stages and their commands are the Snakefile's: grid (DVC only) -> prepare@<dataset>-<size>px ->
 pretrain@<backbone> (runs whose model.weights is <data root>/pretrained/<backbone>.pt) -> tracking_init ->
 train@<run> -> evaluate@<run> -> aggregate-<table> -> report -> metrics (DVC only:
-results/<profile>/metrics.json for `dvc metrics show`).
+results/<profile>/metrics.json for `dvc metrics show`). With the profile's resources.runs_per_job > 1,
+train-<job> and evaluate-<job> instead: one plain stage per job of several runs (mdr/jobs.py), each
+listing its runs' outputs. A train stage depends on its runs' model.weights where the pretrain stage
+writes it (with one run per job, those runs are train-pretrained@<run>: a foreach's deps have one length).
 
 What each stage depends on, and why:
 - train/evaluate: no params. A run's id ends with the hash of its fully resolved config and is part of
   the stage's name and command, so any parameter that changes a run gives a new stage (run) while
   every other run's stage stays byte-identical and is not rerun. That is exactly "change MDR's lambda,
-  rerun only the runs that depend on it".
+  rerun only the runs that depend on it". A job's id hashes its runs' config less the seed, so the same
+  holds for jobs of several runs: a changed parameter gives new jobs for the runs it changes only.
 - no code deps for prepare/train/evaluate: as in the Snakefile, a refactor of mdr/ must not retrain
   every run. When a code change alters results, retrain a run with `python -m pipeline forget --run <run>`,
   then `dvc repro`: a finished checkpoint is otherwise resumed as is.
@@ -96,6 +100,7 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
     from mdr import grid as grid_module
     from mdr import layout
     from mdr.data.registry import prepared_dir
+    from mdr.jobs import jobs, pretrained_weights, runs_per_job
     from mdr.models.pretrained_file import sidecar_path
     from mdr.pretrain import PRETRAIN_DATASET, PRETRAIN_IMAGE_SIZE
 
@@ -144,23 +149,16 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         "deps": [marker],
         "outs": [_out(tracking)],
     }
-    stages["train"] = {
-        "foreach": {_checked_name("run id", rid): {"data": ready(spec.config.data.dataset, spec.config.data.image_size)}
-                    for rid, spec in grid.runs.items()},
-        "do": {
-            "cmd": f"python -m pipeline train --profile {p} --run ${{key}} --no-bars",
-            "deps": ["${item.data}", tracking],
-            "outs": [_out(layout.trained_marker(p, "${key}").as_posix())],
-        },
-    }
-    stages["evaluate"] = {
-        "foreach": list(grid.runs),
-        "do": {
-            "cmd": f"python -m pipeline evaluate --profile {p} --run ${{item}}",
-            "deps": [layout.trained_marker(p, "${item}").as_posix()],
-            "outs": [_out(layout.metrics_file(p, "${item}").as_posix())],
-        },
-    }
+    def data_of(rid: str) -> str:
+        return ready(grid.runs[rid].config.data.dataset, grid.runs[rid].config.data.image_size)
+
+    def weights_of(rid: str) -> str | None:
+        return pretrained_weights(grid.runs[rid].config)
+
+    if runs_per_job(grid) == 1:
+        stages.update(_run_stages(p, grid, data_of, weights_of, tracking))
+    else:
+        stages.update(_job_stages(p, jobs(grid), data_of, weights_of, tracking))
     code = ["mdr/report.py", "mdr/figures.py", "mdr/reference/paper_results.csv"]
     result_files: list[str] = []
     for name, table in grid.tables.items():
@@ -228,6 +226,67 @@ def pretrained_outputs(grid) -> dict[str, str]:
         if m.weights and is_stage_output(m.backbone, Path(m.weights)):
             found[m.backbone] = Path(m.weights).as_posix()
     return dict(sorted(found.items()))
+
+
+def _run_stages(p: str, grid, data_of, weights_of, tracking: str) -> dict[str, Any]:
+    """One train and one evaluate stage per run (resources.runs_per_job 1), as foreach groups keyed by run id.
+    A foreach's deps have one length: the runs whose weights file the pretrain stage writes are their own
+    group, train-pretrained."""
+    from mdr import layout
+
+    def train(runs: list[str], with_weights: bool) -> dict[str, Any]:
+        items = {}
+        for rid in runs:
+            items[_checked_name("run id", rid)] = {"data": data_of(rid), **({"weights": weights_of(rid)} if with_weights else {})}
+        return {
+            "foreach": items,
+            "do": {
+                "cmd": f"python -m pipeline train --profile {p} --run ${{key}} --no-bars",
+                "deps": ["${item.data}", *(["${item.weights}"] if with_weights else []), tracking],
+                "outs": [_out(layout.trained_marker(p, "${key}").as_posix())],
+            },
+        }
+
+    stages: dict[str, Any] = {}
+    plain = [rid for rid in grid.runs if weights_of(rid) is None]
+    if plain:
+        stages["train"] = train(plain, with_weights=False)
+    pretrained = [rid for rid in grid.runs if weights_of(rid) is not None]
+    if pretrained:
+        stages["train-pretrained"] = train(pretrained, with_weights=True)
+    stages["evaluate"] = {
+        "foreach": list(grid.runs),
+        "do": {
+            "cmd": f"python -m pipeline evaluate --profile {p} --run ${{item}}",
+            "deps": [layout.trained_marker(p, "${item}").as_posix()],
+            "outs": [_out(layout.metrics_file(p, "${item}").as_posix())],
+        },
+    }
+    return stages
+
+
+def _job_stages(p: str, jobs, data_of, weights_of, tracking: str) -> dict[str, Any]:
+    """One train-<job> and one evaluate-<job> stage per job of several runs (mdr/jobs.py): plain stages, since
+    a foreach cannot template outs of varying length."""
+    from mdr import layout
+
+    trains, evaluates = {}, {}
+    for job in jobs.values():
+        name = _checked_name("job id", job.job_id)
+        runs = " ".join(f"--run {rid}" for rid in job.run_ids)
+        trained = [layout.trained_marker(p, rid).as_posix() for rid in job.run_ids]
+        weights = sorted({w for rid in job.run_ids if (w := weights_of(rid))})
+        trains[f"train-{name}"] = {
+            "cmd": f"python -m pipeline train --profile {p} {runs} --no-bars",
+            "deps": sorted({data_of(rid) for rid in job.run_ids}) + weights + [tracking],
+            "outs": [_out(f) for f in trained],
+        }
+        evaluates[f"evaluate-{name}"] = {
+            "cmd": f"python -m pipeline evaluate --profile {p} {runs}",
+            "deps": trained,
+            "outs": [_out(layout.metrics_file(p, rid).as_posix()) for rid in job.run_ids],
+        }
+    return {**trains, **evaluates}
 
 
 def _dump(data: Any) -> str:

@@ -1,4 +1,7 @@
-"""Train one run of the grid: `python -m pipeline train --profile smoke --run <run_id>`."""
+"""Train runs of the grid: `python -m pipeline train --profile smoke --run <run_id> [--run <run_id> ...]`.
+
+Several runs are trained in turn in this one process (a job of mdr/jobs.py; pipeline/each_run.py says
+what happens when one fails)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +15,8 @@ from pipeline.common import disk_full_reported, parser, stage
 @stage
 def main(argv: list[str]) -> int:
     p = parser(__doc__)
-    p.add_argument("--run", required=True, help="run id (see `python -m pipeline runs`)")
+    p.add_argument("--run", action="append", required=True,
+                   help="run id (see `python -m pipeline runs`); repeat for several, trained in turn")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (it is kept)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-bars", action="store_true", help="no progress bars (epoch lines are still printed)")
@@ -33,28 +37,34 @@ def main(argv: list[str]) -> int:
     from mdr.grid import load_grid
     from mdr.io import atomic_write_text
 
-    grid = load_grid(args.profile)
-    spec = grid.runs.get(args.run)
-    if spec is None:
-        raise_unknown_run(args.run, grid)
     from mdr.needs import require_gpu
+    from pipeline.each_run import for_each_run, resolve_runs
 
-    require_gpu(grid, spec.config, args.allow_cpu)
-    callbacks = []
-    if not args.no_tracking and grid.profile.tracking == "live":
+    grid = load_grid(args.profile)
+    specs = resolve_runs(grid, args.run)
+    for spec in specs:  # before the first run trains
+        require_gpu(grid, spec.config, args.allow_cpu)
+    live = not args.no_tracking and grid.profile.tracking == "live"
+    if live:
         from mdr.describe import describe_grid
         from mdr.tracking import MLflowLogger
 
-        name, tags = describe_grid(grid)[spec.run_id]
-        callbacks.append(MLflowLogger(args.profile, spec.run_id, tags, name))
-    out = layout.run_dir(args.profile, spec.run_id)
-    with hold_run(out), disk_full_reported(out, lambda message: mark_failed(out, message)):
-        result = train(spec.config, out, resume=not args.no_resume, progress=not (args.no_bars or args.quiet),
-                       echo=not args.quiet, callbacks=callbacks)
-        atomic_write_text(layout.trained_marker(args.profile, spec.run_id),
-                          json.dumps({"run": spec.run_id, "fingerprint": spec.config.fingerprint(), **result.summary},
-                                     indent=1) + "\n")
-    return 0
+        described = describe_grid(grid)
+
+    def train_one(spec) -> None:
+        callbacks = []
+        if live:
+            name, tags = described[spec.run_id]
+            callbacks.append(MLflowLogger(args.profile, spec.run_id, tags, name))
+        out = layout.run_dir(args.profile, spec.run_id)
+        with hold_run(out), disk_full_reported(out, lambda message: mark_failed(out, message)):
+            result = train(spec.config, out, resume=not args.no_resume, progress=not (args.no_bars or args.quiet),
+                           echo=not args.quiet, callbacks=callbacks)
+            atomic_write_text(layout.trained_marker(args.profile, spec.run_id),
+                              json.dumps({"run": spec.run_id, "fingerprint": spec.config.fingerprint(),
+                                          **result.summary}, indent=1) + "\n")
+
+    return for_each_run(specs, train_one)
 
 
 def mark_failed(run_dir: Path, message: str) -> None:

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+# torchvision is imported where a transform is built, not here: importing it costs ~3 s (it imports
+# torch._dynamo), which evaluation and training on cached features never need.
 
 
 class CachedImages(Dataset):
@@ -15,7 +21,8 @@ class CachedImages(Dataset):
     Opens the memory map lazily, so it pickles cheaply into spawned/forkserver DataLoader workers.
     """
 
-    def __init__(self, images_path: str | Path, indices: np.ndarray, labels: np.ndarray, transform: v2.Transform):
+    def __init__(self, images_path: str | Path, indices: np.ndarray, labels: np.ndarray,
+                 transform: Callable[[torch.Tensor], torch.Tensor]):
         self.images_path = str(images_path)
         self.indices = np.asarray(indices)
         self.labels = np.asarray(labels)
@@ -38,13 +45,15 @@ class CachedImages(Dataset):
 # The authors crop PIL images with Lanczos (torchvision.transforms on PIL, interpolation=Image.LANCZOS).
 # torchvision resamples tensors only with nearest/bilinear/bicubic, so "lanczos" goes through PIL per
 # image; "bilinear" stays on tensors (antialiased), cheaper, and open to batched GPU augmentation.
-INTERPOLATIONS = {"lanczos": v2.InterpolationMode.LANCZOS, "bilinear": v2.InterpolationMode.BILINEAR}
+INTERPOLATIONS = {"lanczos": "LANCZOS", "bilinear": "BILINEAR"}  # names in v2.InterpolationMode
 
 
 def train_transform(crop: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
                     interpolation: str = "lanczos") -> v2.Transform:
     """RandomResizedCrop(crop, scale, ratio) with `interpolation`, optional flip, float CHW in [0, 1]."""
-    mode = INTERPOLATIONS[interpolation]
+    from torchvision.transforms import v2
+
+    mode = v2.InterpolationMode[INTERPOLATIONS[interpolation]]
     steps: list[v2.Transform] = [v2.ToPILImage()] if interpolation == "lanczos" else []
     steps.append(v2.RandomResizedCrop(crop, scale=scale, ratio=ratio, interpolation=mode, antialias=True))
     if hflip:
@@ -56,4 +65,6 @@ def train_transform(crop: int, scale: tuple[float, float], ratio: tuple[float, f
 
 
 def test_transform(crop: int) -> v2.Transform:
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.CenterCrop(crop), v2.ToDtype(torch.float32, scale=True)])
