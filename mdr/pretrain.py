@@ -58,13 +58,17 @@ def pretrain_backbone(name: str, prepared_dir: str | Path, out_path: str | Path,
 
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    from mdr.config import ConfigError
+
     prepared = PreparedDataset.load(prepared_dir)
+    splits = set(prepared.manifest["split"])
+    if not {"train", "test"} <= splits:
+        raise ConfigError(f"{prepared.root}: pretraining needs a train and a test split (held-out images of the "
+                          f"training classes), found {', '.join(sorted(splits))}; prepare {PRETRAIN_DATASET} there")
     train_rows, test_rows = prepared.split("train"), prepared.split("test")
     classes = np.unique(train_rows["label"].to_numpy())
     unseen = sorted(set(test_rows["label"]) - set(classes))
     if unseen:
-        from mdr.config import ConfigError
-
         raise ConfigError(f"{prepared.root}: its test split has {len(unseen)} classes without training images (label "
                           f"{unseen[0]}, ...); pretraining needs held-out images of the training classes")
     torch.set_num_threads(threads)

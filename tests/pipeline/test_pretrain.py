@@ -109,6 +109,33 @@ def test_stage_without_prepared_data_names_the_prepare_command(tmp_path, monkeyp
     assert not (tmp_path / "elsewhere" / "pretrained").exists()
 
 
+def test_a_dataset_whose_test_classes_are_not_trained_on_is_refused(tmp_path, monkeypatch, capsys):
+    # class-disjoint splits (a benchmark's, not glyphs-imagenet's): no accuracy on held-out images is possible
+    generate_glyphs(tmp_path / "data" / "prepared" / "glyphs-imagenet-36px", image_size=36, images_per_class=2,
+                    num_classes=4, name="glyphs-imagenet", progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--backbone", "glyphnet-s", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "its test split has 2 classes without training images" in err and err.count("\n") == 1
+    assert not (tmp_path / "data" / "pretrained").exists()
+
+
+def test_a_dataset_without_a_test_split_is_refused(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from mdr.data.prepared import write_prepared
+
+    manifest = pd.DataFrame({"path": ["a", "b"], "label": [0, 1], "class_id": [0, 1], "class_name": ["A", "B"],
+                             "split": ["train", "train"]})
+    write_prepared(tmp_path / "data" / "prepared" / "glyphs-imagenet-36px", manifest,
+                   np.zeros((2, 36, 36, 3), np.uint8), {"name": "glyphs-imagenet"})
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--backbone", "glyphnet-s", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "pretraining needs a train and a test split" in err and "found train;" in err and err.count("\n") == 1
+
+
 def test_stage_rejects_an_unknown_backbone_and_bad_epochs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "--backbone", "glyphnet-xl"]) == 2
