@@ -37,6 +37,8 @@ def shrink(params: Path) -> None:
     profile = yaml.safe_load(path.read_text())
     profile["seeds"] = [0]
     profile["tables"] = list(TABLES)
+    # one job per run: these tests name the stages train@<run>; jobs of several runs: test_jobs.py
+    profile["resources"]["runs_per_job"] = 1
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     for name, table in TABLES.items():
         (params / "tables" / f"{name}.yaml").write_text(yaml.safe_dump(table, sort_keys=False))

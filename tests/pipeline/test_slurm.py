@@ -72,6 +72,8 @@ def shrunken(work: Path, seeds=(0,), **train) -> Path:
     profile = yaml.safe_load(profile_path.read_text())
     profile["seeds"] = list(seeds)
     profile["defaults"]["train"].update(train)
+    # one job per run: the accounting is checked per run's train job; jobs of several runs: test_jobs.py
+    profile["resources"]["runs_per_job"] = 1
     profile_path.write_text(yaml.safe_dump(profile))
     table_path = params / "tables" / "table1.yaml"
     table = yaml.safe_load(table_path.read_text())
