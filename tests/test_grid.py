@@ -71,17 +71,56 @@ def test_dagger_rows_use_256_px(paper):
     assert (c.data.image_size, c.data.crop) == (292, 256)
 
 
-def test_smoke_maps_every_dataset_to_glyphs_and_shares_runs(smoke):
+SMOKE_DATASETS = {"cub200": "glyphs-cub", "cars196": "glyphs-cars", "sop": "glyphs-sop", "inshop": "glyphs-inshop"}
+SMOKE_BACKBONES = {"resnet18": "glyphnet-s", "bninception": "glyphnet-m", "resnet50": "glyphnet-l"}
+
+
+def test_smoke_maps_each_paper_dataset_to_its_own_glyphs_benchmark(smoke):
     table = smoke.tables["table1"]
-    assert {smoke.runs[r].config.data.dataset for c in table.cells for r in c.run_ids} == {"glyphs"}
-    assert len({r for c in table.cells for r in c.run_ids}) == 4 * 3  # 4 rows x 3 seeds, shared by 4 datasets
+    for cell in table.cells:
+        assert {smoke.runs[r].config.data.dataset for r in cell.run_ids} == {SMOKE_DATASETS[cell.labels["dataset"]]}
+    assert len({r for c in table.cells for r in c.run_ids}) == 4 * 4 * 5  # 4 rows x 4 datasets x 5 seeds
+
+
+@pytest.mark.parametrize("dataset,ks", [("sop", [1, 10, 100, 1000]), ("inshop", [1, 10, 20, 30, 40])])
+def test_smoke_sop_and_inshop_runs_keep_the_papers_batch_composition(smoke, dataset, ks):
+    configs = [smoke.runs[r].config for c in smoke.tables["table1"].cells if c.labels["dataset"] == dataset
+               for r in c.run_ids]
+    assert configs
+    for c in configs:
+        # 256 = 85 classes x 3 images + 1: the last class of a batch is partial, as the authors' sampler
+        assert (c.train.batch_size, c.train.images_per_class, c.train.allow_partial_class) == (256, 3, True)
+        assert c.eval.ks == ks
+
+
+def test_smoke_backbones_are_the_pretrained_glyphnets_of_the_same_rank(smoke):
+    assert smoke.profile.backbones == SMOKE_BACKBONES
+    for cell in smoke.tables["table2a"].cells:
+        glyphnet = SMOKE_BACKBONES[cell.labels["backbone"]]
+        for rid in cell.run_ids:
+            model = smoke.runs[rid].config.model
+            assert (model.backbone, model.weights, model.pretrained) == (glyphnet, f"data/pretrained/{glyphnet}.pt", True)
+
+
+def test_smoke_seeds_five_for_the_main_tables_three_for_the_ablations(smoke):
+    expected = {"table1": 5, "regularizers": 5, "table2a": 3, "table2b": 3, "table2c": 3, "figure4a": 3, "closedset": 3}
+    for name, seeds in expected.items():
+        for cell in smoke.tables[name].cells:
+            assert sorted(smoke.runs[r].config.seed for r in cell.run_ids) == list(range(seeds)), (name, cell.labels)
+
+
+def test_every_smoke_run_caches_features_of_weights_the_pretrain_stage_writes(smoke):
+    for rid, spec in smoke.runs.items():
+        c = spec.config
+        assert c.data.cached_views > 0, rid
+        assert c.model.weights.startswith("data/pretrained/glyphnet-") and c.model.weights.endswith(".pt"), rid
 
 
 def test_run_ids_are_readable_and_stable(smoke):
     again = load_grid("smoke")
     assert list(again.runs) == list(smoke.runs)
     rid = next(r for r, spec in smoke.runs.items() if "table1" in spec.tables)
-    assert rid.startswith("glyphs-smallcnn-triplet-") and "-seed0-" in rid
+    assert rid.startswith("glyphs-cub-glyphnet-m-triplet-") and "-seed0-" in rid
 
 
 # ---- mistakes in params/ -------------------------------------------------------------------------
@@ -104,7 +143,8 @@ def _edit(path: Path, fn):
      r"model\.backbone: unknown backbone 'resnet19'; allowed: .*resnet18"),
     (lambda p: p["defaults"]["train"].update(batch_size=66),
      r"batch_size 66 is not divisible by images_per_class"),
-    (lambda p: p["overrides"][0]["set"]["regularizer"]["params"].update(levels="-3,0,3"),
+    (lambda p: next(o for o in p["overrides"] if o["when"].get("regularizer") == "mdr")["set"]["regularizer"]["params"]
+     .update(levels="-3,0,3"),
      r"levels must be a list of numbers"),
     (lambda p: p["defaults"]["train"].update(epochz=3),
      r"train\.epochz: unknown key"),

@@ -70,18 +70,13 @@ def test_one_run_raises_as_before():
 
 
 def mini_params(work: Path) -> Path:
-    """test_workflow's tiny params, made independent of the smoke profile's data and pretraining: the
-    embedded glyphs, a small CNN from scratch, 1 epoch of 2 iterations, table1's Triplet row, 2 seeds."""
+    """test_workflow's tiny params (the embedded glyphs, a small CNN from scratch: tests/profiles.py), with
+    1 epoch of 2 iterations, table1's Triplet row, 2 seeds."""
     params = tiny_params(work / "params")
     path = params / "profiles" / "smoke.yaml"
     profile = yaml.safe_load(path.read_text())
-    profile["datasets"] = {name: "glyphs" for name in profile["datasets"]}
-    profile.pop("backbones", None)
-    profile.pop("table_seeds", None)
     profile["overrides"] = []
     d = profile["defaults"]
-    d["data"]["cached_views"] = 0
-    d["model"].update(backbone="smallcnn", pretrained=False, weights=None, freeze_bn=False)
     d["train"].update(epochs=1, iterations_per_epoch=2, batch_size=32)
     d["optim"]["lr_milestones"] = []
     d["eval"].update(every=1, ks=[1, 2])

@@ -14,15 +14,17 @@ import pytest
 import yaml
 
 from mdr.grid import PARAMS_DIR
+from tests.profiles import from_scratch
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
 
-def tiny_params(dst: Path) -> Path:
-    """params/ with the smoke profile shrunk to seconds: 2 seeds, 2 epochs of 3 iterations."""
+def tiny_params(dst: Path, runs_per_job: int = 1) -> Path:
+    """params/ with the smoke profile in its from-scratch form (tests/profiles.py), shrunk to seconds: 2 seeds,
+    2 epochs of 3 iterations."""
     shutil.copytree(PARAMS_DIR, dst)
-    path = dst / "profiles" / "smoke.yaml"
+    path = from_scratch(dst, runs_per_job=runs_per_job) / "profiles" / "smoke.yaml"
     profile = yaml.safe_load(path.read_text())
     profile["seeds"] = [0, 1]
     profile["tables"] = ["table1"]
