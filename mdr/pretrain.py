@@ -54,7 +54,7 @@ def pretrain_backbone(name: str, prepared_dir: str | Path, out_path: str | Path,
     from mdr.io import atomic_torch_save, atomic_write_text
     from mdr.models import create_backbone
     from mdr.models.pretrained_file import sidecar_path
-    from mdr.models.weights import _sha256
+    from mdr.io import file_sha256
 
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
@@ -123,7 +123,7 @@ def pretrain_backbone(name: str, prepared_dir: str | Path, out_path: str | Path,
     # contiguous copies: channels_last tensors would be saved as such, and loaded so into a plain model
     atomic_torch_save({k: v.contiguous() for k, v in net.state_dict().items()}, out_path)
     sidecar = {
-        "backbone": name, "file": out_path.name, "sha256": _sha256(out_path),
+        "backbone": name, "file": out_path.name, "sha256": file_sha256(out_path),
         "dataset": {"name": prepared.name, "root": str(prepared.root), "classes": len(classes),
                     "train_images": len(train_set), "test_images": len(test_set),
                     "images_sha256": prepared.meta.get("images_sha256")},

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .weights import WeightsUnavailableError, _sha256
+from mdr.io import file_sha256
+
+from .weights import WeightsUnavailableError
 
 
 class PretrainedWeightsError(WeightsUnavailableError):
@@ -81,7 +83,7 @@ def _sha_fault(path: Path) -> str | None:
         expected = json.loads(sidecar.read_text())["sha256"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         return f"its sidecar {sidecar} is unreadable ({type(e).__name__}: {e})"
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         return f"its sha256 {actual[:16]}... differs from {str(expected)[:16]}... recorded in {sidecar}"
     return None

@@ -25,8 +25,6 @@ import torch
 
 from mdr.io import file_sha256
 
-_sha256 = file_sha256  # the older private name, still imported elsewhere
-
 
 class WeightsUnavailableError(RuntimeError):
     pass
