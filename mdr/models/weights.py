@@ -16,7 +16,6 @@ mapping, e.g. for BN-Inception, is the architecture's business).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
