@@ -8,10 +8,13 @@ table's `fixed: {method: Triplet}` only supplies defaults when its axes vary the
   dataset        the dataset the run trained on (glyphs, cub200, ...)
   stands_in_for  the paper datasets whose table cells this run fills (cub200,cars196,...), only from the grid
 Run names lead with what varies (the table's axis values beyond the method, then the method), then the real
-dataset, seed and config hash: MLflow's run list shows only the first ~25 characters.
+dataset, seed and config hash: MLflow's run list shows only the first ~25 characters. Where the dataset leads
+(each paper dataset has its own), it is written without the prefix all the grid's datasets share ("cub" for
+glyphs-cub in the smoke profile), so the words after it still fit in those 25 characters.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mdr.config import RunConfig
@@ -54,10 +57,19 @@ def config_tags(config: RunConfig, methods: dict[str, Any], dagger: bool = False
             "embedding_dim": str(config.model.embedding_dim), "seed": str(config.seed)}
 
 
-def run_name(tags: dict[str, str], extras: list[str], fingerprint: str, dataset_first: bool = False) -> str:
-    lead = [tags["dataset"]] if dataset_first else []
-    rest = [] if dataset_first else [tags["dataset"]]
+def run_name(tags: dict[str, str], extras: list[str], fingerprint: str, dataset_first: bool = False,
+             dataset_label: str | None = None) -> str:
+    dataset = dataset_label or tags["dataset"]
+    lead = [dataset] if dataset_first else []
+    rest = [] if dataset_first else [dataset]
     return " ".join([*lead, *extras, tags["method"], *rest, f"s{tags['seed']}", fingerprint])
+
+
+def _short_dataset_names(datasets: list[str]) -> dict[str, str]:
+    """Each name without the "<word>-" prefix every one of them shares (glyphs-cub -> cub); unchanged if none."""
+    prefix = os.path.commonprefix(datasets)
+    prefix = prefix[: prefix.rfind("-") + 1]
+    return {d: d[len(prefix):] or d for d in datasets}
 
 
 def _axis_words(table, labels: dict[str, str]) -> list[str]:
@@ -87,6 +99,7 @@ def describe_grid(grid) -> dict[str, tuple[str, dict[str, str]]]:
     # Where each paper dataset has its own real dataset (paper profile), the dataset tells a table's columns
     # apart and leads; where several share a stand-in (glyphs in smoke), it tells nothing and goes last.
     dataset_first = len(set(grid.profile.datasets.values())) == len(grid.profile.datasets)
+    short = _short_dataset_names(sorted({spec.config.data.dataset for spec in grid.runs.values()}))
     out = {}
     for rid, spec in grid.runs.items():
         dagger = int(spec.tags.get("image_size", grid.profile.default_image_size)) != grid.profile.default_image_size
@@ -95,12 +108,15 @@ def describe_grid(grid) -> dict[str, tuple[str, dict[str, str]]]:
         out[rid] = (extras.get(rid, []), tags)
     # A run that no axis sets apart from another (e.g. figure4b's, which differ by its `fixed` settings) is
     # named by its only table.
-    base = [run_name(tags, words, "", dataset_first) for words, tags in out.values()]
+    def label(tags: dict[str, str]) -> str | None:
+        return short[tags["dataset"]] if dataset_first else None
+
+    base = [run_name(tags, words, "", dataset_first, label(tags)) for words, tags in out.values()]
     for (rid, (words, tags)), name in zip(list(out.items()), base):
         tables = grid.runs[rid].tables
         if not words and base.count(name) > 1 and len(tables) == 1:
             words = tables
-        out[rid] = (run_name(tags, words, grid.runs[rid].config.fingerprint(), dataset_first), tags)
+        out[rid] = (run_name(tags, words, grid.runs[rid].config.fingerprint(), dataset_first, label(tags)), tags)
     return out
 
 

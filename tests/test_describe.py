@@ -159,9 +159,6 @@ def test_run_names_tell_runs_apart_within_mlflows_25_visible_characters(grid):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the miniature's datasets lead the names ('glyphs-cub ', 11 characters): "
-                   "table2c's '3 levels, spacing 1.5 / 3 / 4.5' runs share their first 25 characters (a naming "
-                   "decision for mdr/describe.py, open)")
 def test_the_smoke_grids_run_names_differ_within_25_characters_but_for_seed_and_hash():
     """The embedded profile's runs: two runs that share a 25-character prefix differ only by seed or hash
     (the table2c variants and every method apart)."""
