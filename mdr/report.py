@@ -219,11 +219,20 @@ def write_table(grid: Grid, name: str, runs_root: Path | None = None) -> dict[st
 
 
 def runs_summary(grid: Grid, runs_root: Path | None = None) -> pd.DataFrame:
-    """Every run of the profile with its tags and best/final metrics: the tables' raw material."""
+    """Every run of the profile with its tags and best/final metrics: the tables' raw material. The method,
+    dataset and backbone columns say what ran (mdr/describe.py, from the run's config), `stands_in_for` the
+    paper datasets whose cells it fills; a table's `fixed: {method: ...}` never names a run's method here."""
+    from mdr.describe import describe_grid
+
+    described = describe_grid(grid)
     records = []
     for rid, spec in grid.runs.items():
         m = load_metrics(grid.profile.name, rid, runs_root)
-        rec: dict[str, Any] = {"run": rid, "tables": ",".join(spec.tables), **spec.tags, "seed": spec.config.seed}
+        tags = described[rid][1]
+        rec: dict[str, Any] = {"run": rid, "tables": ",".join(spec.tables), **spec.tags,
+                               **{k: tags[k] for k in ("dataset", "stands_in_for", "method", "loss", "regularizer",
+                                                       "normalization", "backbone", "embedding_dim")},
+                               "seed": spec.config.seed}
         if m:
             rec["best_epoch"] = m["best_epoch"]
             rec.update({f"best_{k}": v for k, v in m["best"].items()})

@@ -227,3 +227,21 @@ def test_a_wrong_declaration_stops_the_pipeline_in_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ")
     assert "comparisons[0].pairs[1]: 'Margn' is not a value of axis method; allowed: Contrastive" in lines[0]
+
+
+def test_runs_csv_says_what_each_run_ran_not_what_its_table_fixed(grid, tmp_path, monkeypatch):
+    """closedset fixes `method: Triplet` and varies the regularizer: each row names the method its config runs,
+    the dataset it trained on and, apart, the paper dataset it stands in for."""
+    monkeypatch.chdir(tmp_path)
+    write_report(grid, tmp_path / "runs")
+    with open(tmp_path / "results" / "smoke" / "runs.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(grid.runs)
+    closed = {rows[r]["method"] for c in grid.tables["closedset"].cells for r in c.run_ids}
+    assert closed == {"Triplet", "Triplet+L2Norm", "Triplet+MDR", "Triplet+Guided"}
+    for rid, row in rows.items():
+        config = grid.runs[rid].config
+        assert (row["dataset"], row["loss"], row["regularizer"], row["backbone"]) == \
+            (config.data.dataset, config.loss.name, config.regularizer.name, config.model.backbone)
+        assert row["stands_in_for"] in {"cub200", "cars196", "sop", "inshop", "cifar10"}, row["stands_in_for"]
+    assert {rows[r]["dataset"] for c in grid.tables["closedset"].cells for r in c.run_ids} == {"glyphs-closed"}
