@@ -15,7 +15,7 @@ import torch.nn.functional as F
 class NegativeWeights:
     """What one draw of negatives is made from.
 
-    probabilities: (len(anchors), N), each row sums to 1, handed to torch.multinomial.
+    probabilities: (len(anchors), N), each row sums to 1, what `draw` samples from.
     fell_back: (len(anchors),) bool, rows whose distance weights were all 0 (every negative at or
         beyond the non-zero-loss cutoff, or underflowed), so the row is uniform over the negatives.
     """
@@ -75,5 +75,21 @@ def distance_weighted_negatives(
     """One negative index per anchor, drawn from `negative_weights`; and the fraction of anchor rows
     that fell back to uniform sampling (a property of training worth watching: logged per epoch)."""
     weights = negative_weights(embeddings, labels, anchors, cutoff, nonzero_loss_cutoff)
-    drawn = torch.multinomial(weights.probabilities, 1, generator=generator).squeeze(1)
-    return drawn, float(weights.fell_back.float().mean())
+    return draw(weights.probabilities, generator), float(weights.fell_back.float().mean())
+
+
+@torch.no_grad()
+def draw(probabilities: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probabilities` (rows >= 0, each with a positive sum), by the inverse CDF: the
+    first index whose cumulative sum exceeds u * row total, u uniform in [0, 1). That is how the authors' per-row
+    np.random.choice draws; in one batched searchsorted it costs ~1/20 of torch.multinomial on 128 x 128 rows
+    (which was ~15% of a miniature training step). A zero-probability index is never drawn: its cumulative sum
+    equals its predecessor's, so it is never the first to exceed u (and u * total rounding up to the total
+    is sent to the row's last positive index)."""
+    cdf = probabilities.cumsum(dim=1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, dtype=cdf.dtype, device=cdf.device) * total
+    drawn = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    n = probabilities.shape[1]
+    last_positive = n - 1 - (probabilities > 0).flip(dims=[1]).int().argmax(dim=1)
+    return torch.where(drawn >= n, last_positive, drawn)

@@ -112,9 +112,12 @@ def test_cars_differs_from_cub_in_its_halves_seed_and_viewpoints():
     cub_train = {c.spec.char for c in cub if c.splits[0] == "train"}
     cars_test = {c.spec.char for c in cars if c.splits[0] == "test"}
     assert cub_train == cars_test
-    wider = glyphs_cars.DATASET.style
-    assert glyphs_cub.DATASET.style == G.DEFAULT_STYLE and wider == glyphs_cars.CARS_STYLE
-    assert wider.rotation_deg > G.ROTATION_DEG and wider.shear > G.SHEAR and wider.log_aspect > G.LOG_ASPECT
+    cub_style, wider = glyphs_cub.DATASET.style, glyphs_cars.DATASET.style
+    assert cub_style == glyphs_cub.CUB_STYLE and wider == glyphs_cars.CARS_STYLE
+    # both wider than glyphs' default (poses, viewpoints); Cars' the widest, and its glyphs fill more of the frame
+    assert cub_style.rotation_deg > G.ROTATION_DEG and cub_style.shear > G.SHEAR and cub_style.log_aspect > G.LOG_ASPECT
+    assert wider.rotation_deg > cub_style.rotation_deg and wider.shear > cub_style.shear
+    assert wider.log_aspect > cub_style.log_aspect and wider.fill[0] > cub_style.fill[0]
 
 
 def test_sop_is_over_a_thousand_font_file_products_with_sop_like_counts():
@@ -199,7 +202,7 @@ def test_classes_of_one_character_do_not_share_draws(small):
     assert np.abs(ia - ib).mean() > 10
     # cub and cars draw the same character differently (own seeds and styles)
     ch = G.benchmark_chars()[0]
-    cub = G.render_spec(G.GlyphSpec(ch), 0, S, glyphs_cub.DATASET.seed)
+    cub = G.render_spec(G.GlyphSpec(ch), 0, S, glyphs_cub.DATASET.seed, glyphs_cub.CUB_STYLE)
     cars = G.render_spec(G.GlyphSpec(ch), 0, S, glyphs_cars.DATASET.seed, glyphs_cars.CARS_STYLE)
     assert np.abs(cub.astype(np.int16) - cars).mean() > 10
 

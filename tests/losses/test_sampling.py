@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mdr.losses.sampling import distance_weighted_negatives
+from mdr.losses.sampling import distance_weighted_negatives, draw
 
 
 def expected_probabilities(x: torch.Tensor, labels: list[int], anchor: int, cutoff=0.5, nonzero=1.4):
@@ -63,6 +63,27 @@ def test_uniform_when_all_weights_vanish():
     got = frequencies(x, labels, anchor=0, draws=30000)
     assert got[0] == 0 and got[1] == 0
     assert (got[2:] - 1 / 3).abs().max() < 0.015
+
+
+def test_draw_follows_each_rows_probabilities():
+    """Inverse-CDF draws against the probabilities they come from: 200,000 per row, so each frequency's standard
+    error is at most sqrt(0.25 / 200000) = 0.0011, and 0.006 is over 5 of them."""
+    p = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0],
+                      [0.25, 0.25, 0.25, 0.25, 0.0, 0.0],
+                      [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    rows = p.repeat_interleave(200_000, dim=0)
+    got = draw(rows, torch.Generator().manual_seed(3)).view(3, -1)
+    freq = torch.stack([torch.bincount(r, minlength=6).double() / r.numel() for r in got])
+    assert (freq[p == 0] == 0).all()
+    assert (freq - p.double()).abs().max() < 0.006
+
+
+@pytest.mark.parametrize("u,want", [(0.0, [1, 0]), (1.0, [3, 1])])
+def test_draw_never_returns_a_zero_probability_index_at_either_end_of_the_cdf(monkeypatch, u, want):
+    """u = 0 picks the first positive index; u * total rounding up to the total (u = 1 here) the last."""
+    p = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, u, dtype=kw.get("dtype")))
+    assert draw(p).tolist() == want
 
 
 def test_single_class_batch_raises():
