@@ -140,3 +140,21 @@ def describe_config(config: dict[str, Any], methods: dict[str, Any], fingerprint
                 "backbone": str(section("model").get("backbone")),
                 "embedding_dim": str(section("model").get("embedding_dim")), "seed": str(config.get("seed"))}
     return run_name(tags, [], fingerprint), tags
+
+
+def runs_in_words(grid, name: str) -> str:
+    """What a table's runs are, for its title lines: "glyphs-cub, glyphs-cars · glyphnet-m (for bninception) ·
+    128-d · 32 px crops · 5 seeds". Read from the resolved configs, so a profile's stand-ins are named."""
+    table = grid.tables[name]
+    specs = [grid.runs[r] for c in table.cells for r in c.run_ids]
+    if not specs:
+        return "no runs"
+    datasets = list(dict.fromkeys(s.config.data.dataset for s in specs))
+    stand_in_of = {embedded: paper for paper, embedded in (grid.profile.backbones or {}).items()}
+    backbones = [b + (f" (for {stand_in_of[b]})" if b in stand_in_of else "")
+                 for b in dict.fromkeys(s.config.model.backbone for s in specs)]
+    dims = sorted({s.config.model.embedding_dim for s in specs})
+    crops = sorted({s.config.data.crop for s in specs})
+    seeds = max(len(c.run_ids) for c in table.cells)
+    return " · ".join([", ".join(datasets), ", ".join(backbones), "/".join(map(str, dims)) + "-d",
+                       "/".join(map(str, crops)) + " px crops", f"{seeds} seed{'s' if seeds > 1 else ''}"])

@@ -142,7 +142,9 @@ def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
     definition = grid.tables[name].definition
     rows, columns = definition.rows, definition.columns
     profile = grid.profile.name
-    lines = [f"## {definition.title}", ""]
+    from mdr.describe import runs_in_words
+
+    lines = [f"## {definition.title}", "", f"What ran: {runs_in_words(grid, name)}.", ""]
     trained = sorted(set(df["trained_on"])) if not df.empty else []
     logical = sorted(set(df["dataset"])) if not df.empty else []
     if trained != logical:
@@ -158,7 +160,11 @@ def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
             lines.append("### " + ", ".join(f"{c} = {k}" for c, k in zip(columns, key)))
             lines.append("")
         metrics = list(dict.fromkeys(part["metric"]))
-        header = rows + [h for m in metrics for h in (f"{_metric_label(m)} ours", f"{_metric_label(m)} paper", "Δ")]
+        # a metric the paper gives no number for in this block gets no paper and Δ columns
+        published = {m: bool(part.loc[part["metric"] == m, "published"].notna().any()) for m in metrics}
+        header = rows + [h for m in metrics
+                         for h in ((f"{_metric_label(m)} ours", f"{_metric_label(m)} paper", "Δ") if published[m]
+                                   else (f"{_metric_label(m)} ours",))]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for row_key, row_part in part.groupby(rows, sort=False):
@@ -168,19 +174,38 @@ def table_markdown(grid: Grid, name: str, df: pd.DataFrame) -> str:
                 r = row_part[row_part["metric"] == m].iloc[0]
                 pub = "—" if pd.isna(r["published"]) else (f"{r['published']:.1f}" + (f" ± {r['published_std']:.1f}" if not pd.isna(r["published_std"]) else ""))
                 diff = "—" if pd.isna(r["diff"]) else f"{r['diff']:+.1f}"
-                cells += [_fmt(r["mean"], r["std"], int(r["n"]), 3 if m in RAW_METRICS else 1), pub, diff]
+                cells += [_fmt(r["mean"], r["std"], int(r["n"]), 3 if m in RAW_METRICS else 1)]
+                cells += [pub, diff] if published[m] else []
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     comparison = comparison_rows(grid, name)
     if not comparison.empty:
         lines += ["Published comparison rows (cited by the paper, not trained here):", ""]
-        wide = comparison.assign(metric=comparison["metric"].str.replace("recall@", "R@"))
-        wide = wide.pivot_table(index="method", columns=["dataset", "metric"], values="value", aggfunc="first", sort=False)
-        lines.append(wide.to_markdown())
-        lines.append("")
+        lines += [_published_rows_markdown(comparison), ""]
     if definition.note:
         lines += [f"Note: {definition.note.strip()}", ""]
     return "\n".join(lines)
+
+
+def _published_rows_markdown(comparison: pd.DataFrame) -> str:
+    """The cited methods' published numbers: one row per method, one column per (dataset, metric), "—" where
+    the paper gives none."""
+    wide = comparison.assign(metric=comparison["metric"].str.replace("recall@", "R@"))
+    wide = wide.pivot_table(index="method", columns=["dataset", "metric"], values="value", aggfunc="first", sort=False)
+    header = ["method"] + [f"{dataset} {metric}" for dataset, metric in wide.columns]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for method, values in wide.iterrows():
+        lines.append("| " + " | ".join([str(method)] + [_cited_value(v) for v in values]) + " |")
+    return "\n".join(lines)
+
+
+def _cited_value(value: Any) -> str:
+    if value is None or pd.isna(value) or str(value).strip() == "":
+        return "—"
+    try:
+        return f"{float(value):.1f}"
+    except ValueError:  # a published cell that is not a number ("-" in the paper) is shown as printed
+        return str(value)
 
 
 def table_latex(grid: Grid, name: str, df: pd.DataFrame) -> str:

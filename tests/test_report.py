@@ -245,3 +245,22 @@ def test_runs_csv_says_what_each_run_ran_not_what_its_table_fixed(grid, tmp_path
             (config.data.dataset, config.loss.name, config.regularizer.name, config.model.backbone)
         assert row["stands_in_for"] in {"cub200", "cars196", "sop", "inshop", "cifar10"}, row["stands_in_for"]
     assert {rows[r]["dataset"] for c in grid.tables["closedset"].cells for r in c.run_ids} == {"glyphs-closed"}
+
+
+def test_table_markdown_says_what_ran_and_prints_published_rows_as_a_table(tmp_path):
+    """Table 1: the runs' real datasets, backbone and size lead; the cited methods' rows are a Markdown table of
+    numbers with '—' where the paper gives none (no pandas tuples, no nan); a metric the paper gives no
+    number for gets no paper and Δ columns."""
+    from mdr.report import aggregate_table, table_markdown
+
+    grid = load_grid("smoke", _params(tmp_path, ["table1", "regularizers"]), use_tuned=False)
+    md = table_markdown(grid, "table1", aggregate_table(grid, "table1", tmp_path / "runs"))
+    assert "What ran: glyphs-cub, glyphs-cars, glyphs-sop, glyphs-inshop · glyphnet-m (for bninception) · 128-d" in md
+    cited = md[md.index("Published comparison rows"):].splitlines()[2:]
+    assert cited[0].startswith("| method | cub200 R@1 | cub200 R@2 |")
+    htl = next(line for line in cited if line.startswith("| HTL |"))
+    assert "| 57.1 |" in htl and htl.rstrip().endswith("| — |")
+    assert "('" not in md and "nan" not in md
+    regs = table_markdown(grid, "regularizers", aggregate_table(grid, "regularizers", tmp_path / "runs"))
+    header = next(line for line in regs.splitlines() if line.startswith("| loss |"))
+    assert header == "| loss | regularizer | R@1 ours | MAP@R ours | s/iter ours | cost × ours |"
