@@ -100,7 +100,7 @@ class Profile(Strict):
         "live", description="live: train and evaluate log each run to MLflow as it goes; at_end: one `track` "
         "stage after the report logs every run from its folder (track-rebuild), which saves each job the "
         "~2 s of MLflow start-up that matters when runs last seconds")
-    # --- tuning (mdr/tuning.py) ---
+    # --- tuning (mdr/tuning/; the tuned file is written by mdr/tuning/outputs.py) ---
     use_tuned: bool = Field(False, description="apply params/tuned/<profile>/<dataset>-<regularizer>.yaml to the runs of that regularizer")
 
 

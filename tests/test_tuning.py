@@ -1,5 +1,5 @@
-"""Tuning (mdr/tuning.py, python -m pipeline tune): search space, validation classes, resume, faults,
-several local workers, and the tuned params feeding the grid."""
+"""Tuning (the mdr/tuning/ package, python -m pipeline tune): search space, validation classes, resume,
+faults, several local workers, and the tuned params feeding the grid."""
 from __future__ import annotations
 
 import shutil
