@@ -159,10 +159,11 @@ def test_run_names_tell_runs_apart_within_mlflows_25_visible_characters(grid):
 
 
 @pytest.mark.slow
-def test_the_smoke_grids_run_names_differ_within_25_characters_but_for_seed_and_hash():
-    """The embedded profile's runs: two runs that share a 25-character prefix differ only by seed or hash
-    (the table2c variants and every method apart)."""
-    grid = load_grid("smoke")
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_the_grids_run_names_differ_within_25_characters_but_for_seed_and_hash(profile):
+    """Each profile's runs: two runs that share a 25-character prefix differ only by seed or hash (the table2c
+    variants and every method apart)."""
+    grid = load_grid(profile)
     described = describe_grid(grid)
     groups: dict[str, set[str]] = {}
     for rid, (name, tags) in described.items():
