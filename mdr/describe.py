@@ -57,11 +57,10 @@ def config_tags(config: RunConfig, methods: dict[str, Any], dagger: bool = False
             "embedding_dim": str(config.model.embedding_dim), "seed": str(config.seed)}
 
 
-def run_name(tags: dict[str, str], extras: list[str], fingerprint: str, dataset_first: bool = False,
-             dataset_label: str | None = None) -> str:
-    dataset = dataset_label or tags["dataset"]
-    lead = [dataset] if dataset_first else []
-    rest = [] if dataset_first else [dataset]
+def run_name(tags: dict[str, str], extras: list[str], fingerprint: str, leading_dataset: str | None = None) -> str:
+    """`leading_dataset` (the dataset as the name shows it) leads when given; else the dataset follows the method."""
+    lead = [leading_dataset] if leading_dataset else []
+    rest = [] if leading_dataset else [tags["dataset"]]
     return " ".join([*lead, *extras, tags["method"], *rest, f"s{tags['seed']}", fingerprint])
 
 
@@ -108,15 +107,15 @@ def describe_grid(grid) -> dict[str, tuple[str, dict[str, str]]]:
         out[rid] = (extras.get(rid, []), tags)
     # A run that no axis sets apart from another (e.g. figure4b's, which differ by its `fixed` settings) is
     # named by its only table.
-    def label(tags: dict[str, str]) -> str | None:
+    def leading(tags: dict[str, str]) -> str | None:
         return short[tags["dataset"]] if dataset_first else None
 
-    base = [run_name(tags, words, "", dataset_first, label(tags)) for words, tags in out.values()]
+    base = [run_name(tags, words, "", leading(tags)) for words, tags in out.values()]
     for (rid, (words, tags)), name in zip(list(out.items()), base):
         tables = grid.runs[rid].tables
         if not words and base.count(name) > 1 and len(tables) == 1:
             words = tables
-        out[rid] = (run_name(tags, words, grid.runs[rid].config.fingerprint(), dataset_first, label(tags)), tags)
+        out[rid] = (run_name(tags, words, grid.runs[rid].config.fingerprint(), leading(tags)), tags)
     return out
 
 
