@@ -12,7 +12,7 @@ sys.path.insert(0, workflow.basedir)
 from mdr import layout
 from mdr.config import ConfigError
 from mdr.data.registry import prepared_dir
-from mdr.grid import load_grid
+from mdr.grid_cache import load_grid
 
 PROFILE = config.get("profile", "smoke")
 if "use_tuned" in config:  # every stage command inherits it (mdr/grid.py load_grid)
@@ -265,13 +265,12 @@ rule track:
 
 # ---- tuning (Optuna): outside the default target; `snakemake --cores 2 tune_all` ----
 from mdr.grid import PARAMS_DIR, tuned_file
-from mdr.tuning import load_tuning, method_config, method_for
+from mdr.tuning import load_tuning, method_config, method_for, tuned_regularizer
 
 try:
     TUNING = load_tuning()
     TUNE_SETTINGS = TUNING.profiles.get(PROFILE)
-    TUNED_REGULARIZER = method_config(PROFILE, TUNE_SETTINGS.tune[0], TUNING.method, 0)[1]["regularizer"] if (
-        TUNE_SETTINGS and TUNE_SETTINGS.tune) else "mdr"
+    TUNED_REGULARIZER = tuned_regularizer() if TUNE_SETTINGS and TUNE_SETTINGS.tune else "mdr"
 except ConfigError as error:
     sys.exit(f"error: {error}")
 

@@ -49,3 +49,8 @@ def tracking_ready(profile: str) -> Path:
 def tracked_marker(profile: str) -> Path:
     """Written by the `track` stage of profiles that log to MLflow at the end (tracking: at_end)."""
     return RUNS / profile / ".tracked.json"
+
+
+def grid_cache_dir() -> Path:
+    """The resolved grids (mdr/grid_cache.py), one file per profile and digest of params/ and the code."""
+    return RUNS / ".grid-cache"

@@ -59,7 +59,6 @@ def missing(grid) -> list[str]:
     """One line per thing the grid needs that this machine lacks; datasets the DAG makes itself (embedded) are
     not missing."""
     from mdr.data.registry import get_dataset, prepared_dir
-    from mdr.models.weights import KNOWN_WEIGHTS, cache_dir
 
     need = needs(grid)
     roots = {(r.config.data.dataset, r.config.data.image_size): r.config.data.root for r in grid.runs.values()}
@@ -70,6 +69,8 @@ def missing(grid) -> list[str]:
             lines.append(f"prepared dataset {folder} is missing ({size_bytes / 1e9:.1f} GB of cache): the prepare "
                          f"job fetches it where it can, else `python -m pipeline prepare {dataset} --image-size "
                          f"{size} --source PATH` with your copy (README, Datasets)")
+    if need.weights:  # imported only then: mdr.models imports torch, seconds of every Snakemake start
+        from mdr.models.weights import KNOWN_WEIGHTS, cache_dir
     for backbone in need.weights:
         name = KNOWN_WEIGHTS.get(backbone, (backbone,))[0]
         # where weights_path looks before it downloads (present is enough here; loading verifies the hash)

@@ -375,7 +375,8 @@ def rebuild_store(profile: str, runs_root: str | Path = "runs", results_root: st
     client = MlflowClient(tracking_uri())
     existing = _runs_by_tag(client, exp_id, "run_id")
     from mdr.describe import describe_grid
-    from mdr.grid import load_grid, load_methods
+    from mdr.grid import load_methods
+    from mdr.grid_cache import load_grid
 
     methods = load_methods()
     try:  # the grid, where it still knows a run, adds the paper datasets and tables it serves

@@ -13,7 +13,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from mdr import layout
     from mdr.config import ConfigError
-    from mdr.grid import load_grid
+    from mdr.grid_cache import load_grid
     from mdr.report import write_table
 
     grid = load_grid(args.profile)

@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
 
     from mdr import layout
     from mdr.evaluation import evaluate_run
-    from mdr.grid import load_grid
+    from mdr.grid_cache import load_grid
     from mdr.io import atomic_write_text
     from pipeline.each_run import for_each_run, resolve_runs
 

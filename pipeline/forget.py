@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from mdr import layout
-    from mdr.grid import load_grid
+    from mdr.grid_cache import load_grid
     from mdr.locking import hold_run
     from pipeline.train import raise_unknown_run
 

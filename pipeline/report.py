@@ -11,7 +11,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-tracking", action="store_true")
     args = p.parse_args(argv)
     from mdr import layout
-    from mdr.grid import load_grid
+    from mdr.grid_cache import load_grid
     from mdr.report import write_report
 
     grid = load_grid(args.profile)

@@ -9,7 +9,7 @@ def main(argv: list[str]) -> int:
     p = parser(__doc__)
     p.add_argument("--table", help="only the runs of this table")
     args = p.parse_args(argv)
-    from mdr.grid import load_grid
+    from mdr.grid_cache import load_grid
 
     grid = load_grid(args.profile)
     for rid, spec in grid.runs.items():

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
 
     from mdr import layout
     from mdr.engine import train
-    from mdr.grid import load_grid
+    from mdr.grid_cache import load_grid
     from mdr.io import atomic_write_text
 
     from mdr.needs import require_gpu

@@ -24,7 +24,7 @@ setup problem would fail every trial alike).
 
 Files (each imports only the package files listed above it, and optuna, mlflow, torch and matplotlib only inside
 the functions that use them, so `import mdr.tuning` stays cheap):
-- spec.py: the params/tuning.yaml models, load_tuning, method_for, and the errors TuningError and TrialFailed.
+- spec.py: the params/tuning.yaml models, load_tuning, method_for, tuned_regularizer, and the errors TuningError and TrialFailed.
 - space.py: search space -> regularizer params (suggest, regularizer_params, symmetric_levels, baseline_point).
 - context.py: one study's context (TuningContext, make_context, method_config, trial_config, default_storage).
 - storage.py: the Optuna store (open_storage, stale journal locks, hidden passwords, sampler, pruner, open_study).
@@ -38,7 +38,7 @@ the functions that use them, so `import mdr.tuning` stays cheap):
 from __future__ import annotations
 
 from mdr.tuning.spec import (TUNING_FILE, DatasetTuning, Distribution, ProfileTuning, Strict, TrialFailed, TuningError,
-                             TuningSpec, load_tuning, method_for, yaml_error)
+                             TuningSpec, load_tuning, method_for, tuned_regularizer, yaml_error)
 from mdr.tuning.space import baseline_point, regularizer_params, suggest, symmetric_levels
 from mdr.tuning.context import (RESULTS, RUNS, STORE_DIR, TuningContext, default_storage, make_context, method_config,
                                 trial_config)
@@ -53,7 +53,7 @@ from mdr.tuning.retrain import best_test_markdown, retrain_best
 
 __all__ = [
     "TUNING_FILE", "DatasetTuning", "Distribution", "ProfileTuning", "Strict", "TrialFailed", "TuningError",
-    "TuningSpec", "load_tuning", "method_for", "yaml_error",
+    "TuningSpec", "load_tuning", "method_for", "tuned_regularizer", "yaml_error",
     "baseline_point", "regularizer_params", "suggest", "symmetric_levels",
     "RESULTS", "RUNS", "STORE_DIR", "TuningContext", "default_storage", "make_context", "method_config", "trial_config",
     "open_storage", "open_study",

@@ -103,6 +103,17 @@ def yaml_error(path: Path, e: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML ({what}); fix the file there"
 
 
+def tuned_regularizer(params_dir: Path = PARAMS_DIR) -> str:
+    """The regularizer of tuning.yaml's method (what `tune_all` tunes), read from params/methods.yaml without
+    resolving a run config (the Snakefile asks at every start; resolving imports torch)."""
+    spec = load_tuning(params_dir)
+    methods = load_methods(Path(params_dir))
+    if spec.method not in methods:
+        raise ConfigError(f"{Path(params_dir) / TUNING_FILE}: unknown method {spec.method!r}; allowed: "
+                          f"{', '.join(methods)} (params/methods.yaml)")
+    return methods[spec.method].regularizer
+
+
 def method_for(regularizer: str, params_dir: Path = PARAMS_DIR) -> str:
     """The method that tunes `regularizer`: the one in params/methods.yaml with tuning.yaml's method's loss
     and this regularizer (mdr -> Triplet+MDR, lsd -> Triplet+LSD, ...)."""
