@@ -91,7 +91,11 @@ def curves(grid: Grid, name: str, df: pd.DataFrame, out: Path, runs_root: Path |
     """Test (solid) and train (dashed) Recall@1 against iteration, one colour per cell: the mean over its seeds,
     with a band from the lowest to the highest seed."""
     table = grid.tables[name]
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    published = _published_curve_points(grid, name)
+    if published:
+        fig, (ax, paper_ax) = plt.subplots(1, 2, figsize=(10.5, 4.6), gridspec_kw={"width_ratios": [2.3, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7.0, 4.6))
     n_seeds = 0
     stats: dict[str, float] = {}
     gaps: dict[str, float] = {}  # train - test at the last epoch: the paper's claim is about this gap
@@ -124,10 +128,47 @@ def curves(grid: Grid, name: str, df: pd.DataFrame, out: Path, runs_root: Path |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(_title(grid, name), fontsize=8)
+    if published:
+        _draw_published_points(paper_ax, published, [c.facts["method"] for c in table.cells])
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return {**stats, **gaps}
+
+
+# The points the paper's learning curves give (mdr/reference/paper_results.csv, read off its figure): the
+# curves themselves are not published, so they are drawn as these points, beside ours and not on our axis.
+CURVE_POINTS = (("recall@1 peak", "test peak"), ("recall@1 final", "test final"), ("train recall@1 final", "train final"))
+
+
+def _published_curve_points(grid: Grid, name: str) -> dict[str, dict[str, float]]:
+    """{method: {point: value}} from the table's `published` rows of paper_results.csv; {} when it has none."""
+    from mdr.report import published_results
+
+    key = grid.tables[name].definition.published
+    if key is None:
+        return {}
+    pub = published_results()
+    rows = pub[(pub["table"] == key) & pub["metric"].isin([m for m, _ in CURVE_POINTS])]
+    points: dict[str, dict[str, float]] = {}
+    for row in rows.itertuples():
+        points.setdefault(row.method, {})[row.metric] = float(row.value)
+    return points
+
+
+def _draw_published_points(ax, published: dict[str, dict[str, float]], methods: list[str]) -> None:
+    xs = np.arange(len(CURVE_POINTS))
+    for i, method in enumerate(methods):
+        values = published.get(method, {})
+        ys = [values.get(metric, np.nan) for metric, _ in CURVE_POINTS]
+        ax.plot(xs[:2], ys[:2], "-o", color=f"C{i}", label=method)  # test: peak -> final
+        ax.plot(xs[2:], ys[2:], "s", color=f"C{i}", mfc="none")  # train: final
+    ax.set_xticks(xs, [label for _, label in CURVE_POINTS])
+    ax.set_xlim(-0.5, len(CURVE_POINTS) - 0.5)
+    ax.set_ylabel("Recall@1 (%)")
+    ax.set_title("paper (read off its figure, about ±1):\ntest peak -> test final, and train final", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def nearest_centre_cv(centres: np.ndarray) -> float:
@@ -153,10 +194,10 @@ def tsne(grid: Grid, name: str, df: pd.DataFrame, out: Path, runs_root: Path | N
             ax.set_title(f"{label}: not run")
             continue
         centres = np.load(path)
-        stats[label] = nearest_centre_cv(centres)
+        cv = stats[f"{label}: nearest-centre CV"] = nearest_centre_cv(centres)
         xy = TSNE(n_components=2, perplexity=min(30, len(centres) - 1), init="pca", random_state=0).fit_transform(centres)
         points = ax.scatter(xy[:, 0], xy[:, 1], s=10, c=np.arange(len(xy)), cmap="viridis")
-        ax.set_title(f"{label}\nnearest-centre CV {stats[label]:.3f}", fontsize=9)
+        ax.set_title(f"{label}\nnearest-centre CV {cv:.3f}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
         fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02).set_label("test class (index)", fontsize=8)
     fig.suptitle(_title(grid, name), fontsize=9)

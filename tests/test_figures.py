@@ -107,6 +107,29 @@ def test_figure3_colours_classes_with_a_legend_and_reports_the_centres_cv(grid, 
     np.fill_diagonal(d, np.inf)
     nearest = d.min(axis=1)
     labels = [" / ".join(c.labels[a] for a in grid.tables["figure3"].definition.rows) for c in cells]
-    assert f"- {labels[0]}: 0.0000" in md
-    assert f"- {labels[1]}: {nearest.std() / nearest.mean():.4f}" in md
+    assert f"- {labels[0]}: nearest-centre CV: 0.0000" in md
+    assert f"- {labels[1]}: nearest-centre CV: {nearest.std() / nearest.mean():.4f}" in md
     assert _png(files["png"])[0] > 800
+
+
+def test_figure4b_draws_the_papers_read_off_points_beside_ours(grid, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    for cell in grid.tables["figure4b"].cells:
+        for rid in cell.run_ids:
+            _write_run(runs, grid, rid, [0.70, 0.75, 0.72], [0.80, 0.90, 0.95])
+    from mdr.figures import curves
+    from mdr.report import aggregate_table
+
+    df = aggregate_table(grid, "figure4b", runs)
+    captured = {}
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda self, out, **kw: captured.setdefault("fig", self))
+    curves(grid, "figure4b", df, tmp_path / "x.png")
+    ours, paper = captured["fig"].axes
+    assert paper.get_title().startswith("paper (read off its figure")
+    drawn = {line.get_label(): list(line.get_ydata()) for line in paper.get_lines() if not line.get_label().startswith("_")}
+    # test peak -> test final, as docs/method.md and the table's note read them off the paper's figure
+    assert drawn == {"Triplet": [56.5, 53.0], "Triplet+L2Norm": [65.0, 59.0], "Triplet+MDR": [68.0, 68.0]}
+    train = sorted(float(line.get_ydata()[0]) for line in paper.get_lines() if line.get_label().startswith("_"))
+    assert train == [92.0, 95.0, 99.0]
+    assert df["published"].isna().all()  # the read-off points are drawn, not compared as table values
