@@ -83,6 +83,7 @@ if not workflow.is_main_process:  # a cluster job of the Snakemake that holds th
 rule all:
     input:
         str(layout.report_file(PROFILE)),
+        str(layout.page_file(PROFILE)),
         RESULT_FILES,
         f"results/{PROFILE}/metrics.json",
         [str(layout.tracked_marker(PROFILE))] if TRACK_AT_END else [],
@@ -235,6 +236,7 @@ rule report:
         RESULT_FILES,
     output:
         str(layout.report_file(PROFILE)),
+        str(layout.page_file(PROFILE)),  # index.html: the report, tables, figures and run configs on one page
     shell:
         "{PY} -m pipeline report --profile {PROFILE}"
 

@@ -37,6 +37,11 @@ def report_file(profile: str) -> Path:
     return results_dir(profile) / "REPORT.md"
 
 
+def page_file(profile: str) -> Path:
+    """The whole report on one self-contained HTML page (mdr/report_html.py, written by the report stage)."""
+    return results_dir(profile) / "index.html"
+
+
 def comparisons_file(profile: str) -> Path:
     """Every table's published comparisons with our difference, CI, p-value and verdict (the report stage)."""
     return results_dir(profile) / "comparisons.csv"

@@ -437,4 +437,7 @@ def write_report(grid: Grid, runs_root: Path | None = None) -> Path:
                                  for r in grid.runs.values())
     path = layout.report_file(profile.name)
     atomic_write_text(path, "\n".join(lines) + "\n")
+    from mdr.report_html import write_page
+
+    write_page(grid)  # index.html: this report, every table and figure and each run's config on one page
     return path

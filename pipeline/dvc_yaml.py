@@ -177,10 +177,12 @@ def build(profile: str, root: Path | None = None, params_dir: Path | None = None
         # runs.csv lists every run's metrics, so every metrics.json is an input (not only the tables);
         # the verdicts (comparisons.csv) are computed by mdr/stats.py from the comparisons of mdr/comparisons.py;
         # its Data section by mdr/data/provenance.py
-        "deps": ["mdr/report.py", "mdr/stats.py", "mdr/comparisons.py", "mdr/data/provenance.py"] + result_files
+        "deps": ["mdr/report.py", "mdr/report_html.py", "mdr/stats.py", "mdr/comparisons.py", "mdr/data/provenance.py"]
+                + result_files
                 + [layout.metrics_file(p, rid).as_posix() for rid in grid.runs],
         "params": [{profile_file: ["description"]}] + [{f: None} for f in table_file.values()],
-        "outs": [_out(layout.report_file(p).as_posix()), _out(layout.comparisons_file(p).as_posix()), _out(runs_csv)],
+        "outs": [_out(layout.report_file(p).as_posix()), _out(layout.page_file(p).as_posix()),
+                 _out(layout.comparisons_file(p).as_posix()), _out(runs_csv)],
     }
     csvs = [layout.table_files(p, name)["csv"].as_posix() for name in grid.tables]
     stages["metrics"] = {
