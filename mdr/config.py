@@ -104,6 +104,12 @@ class TrainConfig(Strict):
         "multiple of images_per_class (the authors' SOP/In-Shop setting: 256 = 85 x 3 + 1)")
     device: str = "auto"
     threads: int | None = Field(None, gt=0)
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="arithmetic of the training steps. fp32: float32 throughout, TF32 off for CUDA matmuls "
+        "and cuDNN convolutions (the authors' setting). tf32: CUDA matmuls and cuDNN convolutions in TF32 (Ampere "
+        "and later; on a CPU it changes nothing, and the run's log says so). bf16: forward, loss and regularizer "
+        "under torch.autocast in bfloat16 (pairwise distances in float32). Evaluation embeds and retrieves in "
+        "float32 whatever this is. Not fp32: the run id says it (`-bf16-seed0-...`)")
 
     @model_validator(mode="after")
     def _divisible(self) -> "TrainConfig":
@@ -166,11 +172,21 @@ class RunConfig(Strict):
         return REGULARIZERS.get(self.regularizer.name).factory.normalization  # type: ignore[attr-defined]
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The config as hashed: every field, less those added after runs were trained whose default
+        reproduces those runs exactly (_SAME_AS_BEFORE), so their ids stay valid."""
+        data = self.model_dump(mode="json")
+        for section, key, default in _SAME_AS_BEFORE:
+            if data[section][key] == default:
+                del data[section][key]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def fingerprint(self) -> str:
         """Short hash of the full resolved config: two runs with the same hash are the same run."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
+
+
+# (section, key, default): train.precision fp32 is how every run trained before the field existed.
+_SAME_AS_BEFORE = (("train", "precision", "fp32"),)
 
 
 class ConfigError(ValueError):

@@ -9,6 +9,11 @@ of the best and of the final epoch are kept too (mdr/retrieval.py), for the eval
 Randomness is re-seeded from (seed, epoch) at the start of every epoch, so an epoch's batches and
 augmentations do not depend on how the run got there: a resumed run continues bit-for-bit.
 Logging and tracking are callbacks; the run's truth is its files.
+
+Arithmetic (train.precision): fp32 as the authors; tf32 lets CUDA matmuls and cuDNN convolutions of the
+training use TF32; bf16 runs each training step's forward, loss and regularizer under bfloat16 autocast.
+Evaluation embeds in float32 whatever the run's precision, and mdr/metrics.py retrieves in float32.
+The process's settings are restored after each run.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -116,14 +123,42 @@ def load_prepared(config: RunConfig) -> PreparedDataset:
     return PreparedDataset.load(prepared_dir(config.data.root, config.data.dataset, config.data.image_size))
 
 
+@contextmanager
+def float32_arithmetic(tf32: bool) -> Iterator[None]:
+    """Within the block, CUDA matmuls and cuDNN convolutions in TF32 (`tf32`) or in full float32; the
+    process's settings are restored after. torch's legacy switches, as mdr/metrics.py uses (torch refuses
+    to read the precision once both its APIs have set it); on a CPU they change nothing but oneDNN matmuls
+    on the few processors with TF32 units, which is why tf32 is applied on CUDA devices only."""
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+def _training_arithmetic(config: RunConfig, device: torch.device):
+    """The float32 settings of the run's training (train.precision tf32 takes effect on CUDA only)."""
+    return float32_arithmetic(tf32=config.train.precision == "tf32" and device.type == "cuda")
+
+
 @torch.no_grad()
 def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device: torch.device,
-          desc: str | None = None) -> np.ndarray:
-    """Embeddings of a whole set; with `desc`, a transient progress bar of its batches (evaluation)."""
+          desc: str | None = None, num_workers: int = 0) -> np.ndarray:
+    """Embeddings of a whole set, in float32 whatever the run trained in; with `desc`, a transient progress
+    bar of its batches (evaluation). Images are decoded by `num_workers` loader processes (cached features
+    are a tensor in memory: read in this process)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    workers = 0 if isinstance(dataset, CachedFeatureSet) else num_workers
+    pinned = device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pinned,
+                        # forkserver: workers never fork a process in which faiss has run (docs/tooling.md).
+                        multiprocessing_context="forkserver" if workers else None)
     batches = tqdm(loader, desc=desc, leave=False, disable=desc is None, dynamic_ncols=True)
-    out = [model(images.to(device)).float().cpu() for images, _ in batches]
+    with float32_arithmetic(tf32=False):
+        out = [model(images.to(device, non_blocking=pinned)).float().cpu() for images, _ in batches]
     return torch.cat(out).numpy()
 
 
@@ -180,10 +215,10 @@ def load_features(prepared: PreparedDataset, config: RunConfig, progress: bool =
 
 
 def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size: int,
-               device: torch.device, progress: bool = False) -> Embeddings:
+               device: torch.device, progress: bool = False, num_workers: int = 0) -> Embeddings:
     """Embeddings of evaluation sets as made by `evaluation_sets` ({'test'} or {'query', 'gallery'})."""
     def run(name: str) -> np.ndarray:
-        return embed(model, sets[name], batch_size, device, f"embedding {name}" if progress else None)
+        return embed(model, sets[name], batch_size, device, f"embedding {name}" if progress else None, num_workers)
 
     if "query" in sets:
         return Embeddings(run("query"), sets["query"].labels, run("gallery"), sets["gallery"].labels)
@@ -191,9 +226,9 @@ def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size:
 
 
 def retrieval_metrics(model: EmbeddingModel, sets: dict[str, CachedImages], ks: list[int], batch_size: int,
-                      device: torch.device, full: bool = False) -> dict[str, float]:
+                      device: torch.device, full: bool = False, num_workers: int = 0) -> dict[str, float]:
     """Recall@K (and with `full`, MAP@R and NMI) of a model on prepared evaluation sets."""
-    return embed_sets(model, sets, batch_size, device).metrics(ks, full, device)
+    return embed_sets(model, sets, batch_size, device, num_workers=num_workers).metrics(ks, full, device)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -212,6 +247,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)
+    if config.train.precision == "tf32" and device.type != "cuda":
+        _warn(f"train.precision tf32 switches CUDA matmuls and convolutions to TF32: on {device.type} this run "
+              f"computes in float32, as fp32 would (its id still says tf32)")
     # Before anything else: a damaged or crafted checkpoint is reported before the data is even opened.
     state = _resume_state(config, run_dir, device) if resume else None
     prepared = load_prepared(config)
@@ -249,19 +287,23 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
         pick = np.random.default_rng(config.seed).permutation(len(train_rows))[: config.eval.train_subset]
         train_eval_set = {"test": eval_set(prepared, config, train_rows.iloc[np.sort(pick)])}
     if start_epoch == 0:
-        regularizer.on_train_start(model, train_set, device)
+        with _training_arithmetic(config, device):
+            regularizer.on_train_start(model, train_set, device)
 
     epochs = config.train.epochs
     try:
         for epoch in range(start_epoch, epochs):
-            record = _train_epoch(config, parts, train_set, epoch, device, progress)
+            with _training_arithmetic(config, device):
+                record = _train_epoch(config, parts, train_set, epoch, device, progress)
             evaluate_now = (epoch + 1) % config.eval.every == 0 or epoch + 1 == epochs
             embeddings = None
+            workers = config.data.num_workers
             if evaluate_now:
-                embeddings = embed_sets(model, eval_sets, config.eval.batch_size, device, progress)
+                embeddings = embed_sets(model, eval_sets, config.eval.batch_size, device, progress, workers)
                 record.update(embeddings.metrics(config.eval.ks, device=device))
                 if train_eval_set is not None:
-                    train_metrics = retrieval_metrics(model, train_eval_set, config.eval.ks, config.eval.batch_size, device)
+                    train_metrics = retrieval_metrics(model, train_eval_set, config.eval.ks, config.eval.batch_size,
+                                                      device, num_workers=workers)
                     record.update({f"train_{k}": v for k, v in train_metrics.items()})
             history.append(record)
             regularizer.on_epoch_end(model, epoch)
@@ -354,6 +396,7 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
     loss_fn.train()
     regularizer.train()
     sums: dict[str, float] = {}
+    bf16 = t.precision == "bf16"
     started = time.perf_counter()
     bar = tqdm(loader, total=t.iterations_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
                disable=not progress, dynamic_ncols=True)
@@ -361,12 +404,16 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         context = StepContext(epoch=epoch, num_epochs=t.epochs, iteration=epoch * t.iterations_per_epoch + i,
                               images=images, model=model)
-        embeddings = model(images)
-        if not bool(torch.isfinite(embeddings).all()):  # before the loss: the samplers cannot draw from NaN
-            raise _non_finite("the embeddings became non-finite", epoch, i)
-        metric_loss = loss_fn(embeddings, labels)
-        reg_loss = regularizer(embeddings, labels, context)
-        total = metric_loss + reg_loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            embeddings = model(images)
+            if not bool(torch.isfinite(embeddings).all()):  # before the loss: the samplers cannot draw from NaN
+                raise _non_finite("the embeddings became non-finite", epoch, i)
+            # The loss and regularizer see float32 embeddings (a no-op in fp32); their pairwise distances are
+            # float32 under autocast too (mdr/losses/distances.py), their own layers run in bfloat16.
+            embeddings = embeddings.float()
+            metric_loss = loss_fn(embeddings, labels)
+            reg_loss = regularizer(embeddings, labels, context)
+            total = metric_loss + reg_loss
         if not torch.isfinite(total):
             raise _non_finite(f"loss became {total.item()}", epoch, i,
                               f" (metric loss {metric_loss.item():.4g}, regularizer {reg_loss.item():.4g}, "

@@ -44,7 +44,7 @@ def evaluate_run(config: RunConfig, run_dir: str | Path) -> dict[str, Any]:
                 model = build_components(config, num_classes, device).model
                 sets = evaluation_sets(prepared, config)
             model.load_state_dict(state["model"])
-            emb = embed_sets(model, sets, config.eval.batch_size, device)
+            emb = embed_sets(model, sets, config.eval.batch_size, device, num_workers=config.data.num_workers)
         out[which], embeddings[which] = emb.metrics(config.eval.ks, full=True, device=device), emb
     # Training cost, for the regularizers table: mean wall time per iteration over the run's epochs.
     per_iteration = float(np.mean([r["seconds"] / config.train.iterations_per_epoch for r in history]))

@@ -395,8 +395,9 @@ def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: st
 
 def run_id(config: RunConfig) -> str:
     c = config
+    precision = "" if c.train.precision == "fp32" else f"-{c.train.precision}"  # the default says nothing
     return (f"{c.data.dataset}-{c.model.backbone}-{c.loss.name}-{c.regularizer.name}"
-            f"-d{c.model.embedding_dim}-{c.data.crop}px-seed{c.seed}-{c.fingerprint()}")
+            f"-d{c.model.embedding_dim}-{c.data.crop}px{precision}-seed{c.seed}-{c.fingerprint()}")
 
 
 def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .distances import gram
+
 
 @dataclass(frozen=True)
 class NegativeWeights:
@@ -49,7 +51,7 @@ def negative_weights(
     n, dim = x.shape
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     squared = x.pow(2).sum(dim=1)
-    sq_dist = (squared[:, None] + squared[None, :] - 2.0 * (x @ x.t())).clamp_min(1e-12).masked_fill(eye, 0.0)
+    sq_dist = (squared[:, None] + squared[None, :] - 2.0 * gram(x)).clamp_min(1e-12).masked_fill(eye, 0.0)
     dist = (sq_dist + eye.float()).sqrt().clamp_min(cutoff)
     log_w = (2.0 - dim) * dist.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * dist * dist).clamp_min(1e-8).log()
     w = (log_w - log_w.max(dim=1, keepdim=True).values).exp()
