@@ -397,7 +397,11 @@ def test_threads_are_restored(data):
     before = faiss.omp_get_max_threads()
     a = recall_at_k(x, y, [1, 5], threads=1)
     assert faiss.omp_get_max_threads() == before
-    assert a == recall_at_k(x, y, [1, 5])
+    # one thread against the process's count: the float32 distance kernels may round otherwise, so only the
+    # queries whose order float32 cannot settle may differ (bit-equality is not promised across thread counts)
+    tie, hit, _ = near_tie_ranks(x, y, x, y, True)
+    b = recall_at_k(x, y, [1, 5])
+    assert a == pytest.approx(b, abs=tolerance(tie <= hit))
 
 
 # --------------------------------------------------------------------------- errors

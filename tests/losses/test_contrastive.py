@@ -18,6 +18,9 @@ def loop_contrastive(x: torch.Tensor, y: torch.Tensor, pos_margin: float, neg_ma
             if i == j:
                 continue
             d = math.sqrt(sum((a - b) ** 2 for a, b in zip(rows[i], rows[j])))
+            # no hinge within rounding of its kink (float64 distances err by ~1e-15): the active pairs, and so
+            # the means' counts, are the same here, in the loss and on every machine
+            assert abs(d - (pos_margin if labels[i] == labels[j] else neg_margin)) > 1e-9, (i, j)
             if labels[i] == labels[j]:
                 pos.append(max(0.0, d - pos_margin))
             else:
@@ -40,7 +43,10 @@ def test_matches_loop(pos_margin, neg_margin):
     loss = LOSSES.create("contrastive", {"pos_margin": pos_margin, "neg_margin": neg_margin})
     got = loss(x, y).item()
     want = loop_contrastive(x, y, pos_margin, neg_margin)
-    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    # float64 throughout (PML's distances on float64 input): 5-term distances and means of <= 90 hinges, so the
+    # two computations differ by ~100 u64 = 1e-14 relative; 1e-12 is far above that and far below what a wrong
+    # formula makes (a squared hinge, a missing half, a mean over all pairs instead of the active ones)
+    assert got == pytest.approx(want, rel=1e-12)
     assert want > 0
 
 
@@ -48,8 +54,8 @@ def test_embeddings_not_normalised():
     x, y = batch(seed=1, scale=0.2)
     assert not torch.allclose(x.norm(dim=1), torch.ones(10, dtype=x.dtype))
     loss = LOSSES.create("contrastive")
-    for s in (1.0, 2.0):
-        assert loss(s * x, y).item() == pytest.approx(loop_contrastive(s * x, y, 0.0, 0.5), rel=1e-6)
+    for s in (1.0, 2.0):  # float64, as above
+        assert loss(s * x, y).item() == pytest.approx(loop_contrastive(s * x, y, 0.0, 0.5), rel=1e-12)
     # an L2-normalising loss would be scale invariant
     assert loss(x, y).item() != pytest.approx(loss(2.0 * x, y).item(), rel=1e-3)
 

@@ -53,6 +53,7 @@ def loop_margin(x, labels, triplets, beta, margin, nu):
     for a, p, n in triplets:
         b = beta[labels[a]]
         for y, d in ((1, dist(a, p)), (-1, dist(a, n))):
+            assert abs(margin + y * (d - b)) > 1e-9  # no hinge within float64 rounding (~1e-15) of its kink
             term = max(0.0, margin + y * (d - b))
             total += term
             active += term > 0
@@ -101,6 +102,7 @@ def test_beta_gets_gradients_and_own_param_group(fixed_negatives):
     grad, active = [0.0] * 5, 0
     for a, p, n in fixed_negatives:
         b, c = beta[LABELS[a]], LABELS[a]
+        assert min(abs(0.2 + dist(a, p) - b), abs(0.2 - dist(a, n) + b)) > 1e-9  # not decided by rounding
         pos_on, neg_on = 0.2 + dist(a, p) - b > 0, 0.2 - dist(a, n) + b > 0
         grad[c] += -float(pos_on) + float(neg_on) + 0.01
         active += pos_on + neg_on

@@ -35,8 +35,11 @@ def test_matches_loop_with_fixed_negatives(monkeypatch):
     rows = x.tolist()
     for margin in (0.2, 0.5):
         loss = LOSSES.create("triplet", {"margin": margin})
-        want = sum(max(0.0, dist(rows[a], rows[p]) - dist(rows[a], rows[n]) + margin)
-                   for a, p, n in triplets) / len(triplets)
+        hinges = [dist(rows[a], rows[p]) - dist(rows[a], rows[n]) + margin for a, p, n in triplets]
+        assert min(abs(h) for h in hinges) > 1e-9  # no hinge within float64 rounding (~1e-15) of its kink
+        want = sum(max(0.0, h) for h in hinges) / len(triplets)
+        # float64 on both sides: 4-term distances, a mean of 20 hinges, ~1e-14 relative apart; rel 1e-9 is far
+        # above that and far below a wrong formula (squared distances, a missing margin)
         assert loss(x, y).item() == pytest.approx(want, rel=1e-9)
         assert want > 0
 

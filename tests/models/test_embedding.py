@@ -63,5 +63,7 @@ def test_unknown_backbone_lists_the_allowed_names():
 
 
 def test_euclidean_pdist_matches_cdist():
-    x = torch.randn(9, 5, dtype=torch.float64)
-    assert torch.allclose(euclidean_pdist(x), torch.cdist(x, x), atol=1e-6)
+    x = torch.randn(9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # float64: |a|^2 + |b|^2 - 2 a.b loses <= 7 u64 (|a|^2 + |b|^2) < 1e-13 to cancellation, its sqrt < 1e-13 / d
+    # with every d > 1 here; atol 1e-6 is far above that, and squared distances or a lost factor 2 are off by > 0.1
+    assert torch.allclose(euclidean_pdist(x), torch.cdist(x, x), rtol=0, atol=1e-6)
