@@ -34,7 +34,9 @@ def runs_per_job(grid: Grid) -> int:
 
 def seedless_hash(config: RunConfig) -> str:
     """Hash of the config without its seed: equal for exactly the runs that differ only by their seed."""
-    data = config.model_dump(mode="json")
+    # the run's canonical form (RunConfig.canonical_json): a field added with a default that keeps old runs
+    # (train.precision fp32) renames neither the runs nor their jobs
+    data = json.loads(config.canonical_json())
     data.pop("seed")
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
 

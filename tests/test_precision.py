@@ -55,6 +55,13 @@ def test_the_run_id_names_a_precision_other_than_fp32_and_fp32_ids_are_unchanged
     assert fp32.fingerprint() == hashlib.sha256(
         json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
     assert "precision: fp32" in engine.config_yaml(fp32)  # recorded with the run all the same
+    # ... and so is the hash of its seeds' job (mdr/jobs.py), which names dvc.yaml's stages
+    from mdr.jobs import seedless_hash
+
+    del before["seed"]
+    assert seedless_hash(fp32) == hashlib.sha256(
+        json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+    assert seedless_hash(fp32) != seedless_hash(tiny_config(tiny_data, **{"train.precision": "bf16"}))
 
 
 @pytest.mark.parametrize("loss", ["triplet", "margin"])  # margin: distance-weighted sampling under autocast
