@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from mdr import checkpoint
 from mdr.checkpoint import CheckpointMismatchError  # noqa: F401  (raised here; callers import it from mdr.engine)
 from mdr.config import RunConfig
-from mdr.data.loading import CachedImages, test_transform, train_transform
+from mdr.data.loading import CachedImages, test_transform, train_transform, worker_start_method
 from mdr.data.prepared import PreparedDataset
 from mdr.data.registry import prepared_dir
 from mdr.data.sampler import MPerClassBatchSampler
@@ -88,11 +88,13 @@ class Components:
     regularizer: Regularizer
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.MultiStepLR
+    pretrained_from: dict[str, Any] | None = None  # the weights file the backbone started from (weights_record)
 
 
 def build_components(config: RunConfig, num_classes: int, device: torch.device) -> Components:
     m = config.model
     net = create_backbone(m.backbone, m.pretrained, m.weights)
+    pretrained_from = net.pretrained_from
     # input_dim: what the model is fed when it is not images (cached lower-part features), for regularizers
     # with a network of their own on the inputs (Guided DML's master)
     input_dim = None
@@ -116,7 +118,7 @@ def build_components(config: RunConfig, num_classes: int, device: torch.device) 
     groups += regularizer.param_groups(o.lr, o.weight_decay)
     optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=o.lr_milestones, gamma=o.lr_gamma)
-    return Components(model, loss, regularizer, optimizer, scheduler)
+    return Components(model, loss, regularizer, optimizer, scheduler, pretrained_from)
 
 
 def load_prepared(config: RunConfig) -> PreparedDataset:
@@ -257,6 +259,8 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
     num_classes = int(prepared.manifest["label"].max()) + 1
     seed_everything(config.seed)
     parts = build_components(config, num_classes, device)
+    if echo and parts.pretrained_from is not None:
+        tqdm.write(f"[{run_dir.name}] {_weights_line(parts.pretrained_from)}")
     model, loss_fn, regularizer = parts.model, parts.loss, parts.regularizer
 
     history: list[dict[str, Any]] = []
@@ -334,7 +338,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
             cb.on_train_end(status, None, f"{type(e).__name__}: {e}")
         raise
     best_epoch = _best_epoch(history)
-    summary = {"best_epoch": best_epoch, "epochs": epochs}
+    summary: dict[str, Any] = {"best_epoch": best_epoch, "epochs": epochs}
+    if parts.pretrained_from is not None:
+        summary["pretrained_weights"] = parts.pretrained_from
     write_status(run_dir, "finished")
     for cb in callbacks:
         cb.on_train_end("finished", summary, None)
@@ -389,8 +395,7 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
         loader = DataLoader(
             train_set, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),
-            # forkserver: workers never fork a process in which faiss has run (docs/tooling.md).
-            multiprocessing_context="forkserver" if workers else None,
+            multiprocessing_context=worker_start_method() if workers else None,
         )
     model.train()
     loss_fn.train()
@@ -465,6 +470,11 @@ def _epoch_line(config: RunConfig, record: dict[str, Any], history: list[dict[st
         best_r1 = next(r["recall_at_1"] for r in history if r["epoch"] == best)
         line += f"  R@1 {100 * record['recall_at_1']:.2f}  (best {100 * best_r1:.2f} @ epoch {best})"
     return line
+
+
+def _weights_line(record: dict[str, Any]) -> str:
+    checked = f"checked against {record['verified']}" if record["verified"] else "nothing to check it against"
+    return f"pretrained weights: {record['file']} (sha256 {record['sha256']}; {checked})"
 
 
 def config_yaml(config: RunConfig) -> str:

@@ -28,6 +28,27 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path):
     assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "finished"
 
 
+def test_the_pretrained_weights_file_is_logged_and_kept_in_the_summary(tiny_data, tmp_path, capsys):
+    import hashlib
+
+    from mdr.models import create_backbone
+    from mdr.models.pretrained_file import sidecar_path
+
+    weights = tmp_path / "pretrained" / "glyphnet-s.pt"
+    weights.parent.mkdir()
+    torch.save(create_backbone("glyphnet-s").state_dict(), weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sidecar_path(weights).write_text(json.dumps({"sha256": sha}))
+    config = tiny_config(tiny_data, **{"model.backbone": "glyphnet-s", "model.pretrained": True,
+                                       "model.weights": str(weights), "train.epochs": 1, "optim.lr_milestones": []})
+    result = train(config, tmp_path / "run", progress=False)
+    record = {"file": str(weights.resolve()), "sha256": sha, "verified": f"the sha256 in {sidecar_path(weights)}"}
+    assert result.summary["pretrained_weights"] == record
+    assert (f"[run] pretrained weights: {weights.resolve()} (sha256 {sha}; checked against the sha256 in "
+            f"{sidecar_path(weights)})") in capsys.readouterr().out
+    assert "pretrained_weights" not in train(tiny_config(tiny_data), tmp_path / "scratch", progress=False, echo=False).summary
+
+
 def test_history_records_recall_and_best_checkpoint(tiny_data, tmp_path):
     result = train(tiny_config(tiny_data), tmp_path / "run", progress=False, echo=False)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]

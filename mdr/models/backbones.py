@@ -31,6 +31,8 @@ class Backbone(nn.Module):
 
     feature_dim: int
     input_spec: InputSpec
+    # the file its pretrained weights were loaded from (mdr.models.weights.weights_record); None: not pretrained
+    pretrained_from: dict[str, str | None] | None = None
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """RGB floats in [0, 1] -> what this backbone's weights were trained on."""
@@ -69,12 +71,13 @@ class TorchvisionBackbone(Backbone):
         return self.net(x)
 
 
-def _load_weights(module: nn.Module, name: str, pretrained: bool, weights: str | None) -> None:
+def _load_weights(module: nn.Module, name: str, pretrained: bool, weights: str | None) -> dict[str, str | None] | None:
+    """Load the ImageNet weights into `module` when asked; returns where they came from (weights_record)."""
     if not (pretrained or weights):
-        return
-    from .weights import load_pretrained_state_dict
+        return None
+    from .weights import load_pretrained
 
-    state = load_pretrained_state_dict(name, local_path=weights)
+    state, record = load_pretrained(name, local_path=weights)
     missing, unexpected = module.load_state_dict(state, strict=False)
     allowed_missing = {k for k in missing if k.startswith("fc.")}
     if set(missing) - allowed_missing or [k for k in unexpected if not k.startswith("fc.")]:
@@ -82,6 +85,7 @@ def _load_weights(module: nn.Module, name: str, pretrained: bool, weights: str |
             f"pretrained weights for {name} do not fit the architecture: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}; check that the weights file is the {name} ImageNet checkpoint"
         )
+    return record
 
 
 @BACKBONES.register("resnet18", params=BackboneParams)
@@ -90,8 +94,10 @@ def resnet18(pretrained: bool = False, weights: str | None = None) -> Backbone:
     from torchvision.models import resnet18 as build
 
     net = build(weights=None)
-    _load_weights(net, "resnet18", pretrained, weights)
-    return TorchvisionBackbone(net, 512)
+    record = _load_weights(net, "resnet18", pretrained, weights)
+    backbone = TorchvisionBackbone(net, 512)
+    backbone.pretrained_from = record
+    return backbone
 
 
 @BACKBONES.register("resnet50", params=BackboneParams)
@@ -100,8 +106,10 @@ def resnet50(pretrained: bool = False, weights: str | None = None) -> Backbone:
     from torchvision.models import resnet50 as build
 
     net = build(weights=None)
-    _load_weights(net, "resnet50", pretrained, weights)
-    return TorchvisionBackbone(net, 2048)
+    record = _load_weights(net, "resnet50", pretrained, weights)
+    backbone = TorchvisionBackbone(net, 2048)
+    backbone.pretrained_from = record
+    return backbone
 
 
 @BACKBONES.register("googlenet", params=BackboneParams)
@@ -110,8 +118,9 @@ def googlenet(pretrained: bool = False, weights: str | None = None) -> Backbone:
     from torchvision.models import googlenet as build
 
     net = build(weights=None, aux_logits=False, init_weights=not (pretrained or weights))
-    _load_weights(net, "googlenet", pretrained, weights)
+    record = _load_weights(net, "googlenet", pretrained, weights)
     backbone = TorchvisionBackbone(net, 1024)
+    backbone.pretrained_from = record
     # torchvision's ImageNet GoogLeNet expects transform_input=False with ImageNet mean/std.
     return backbone
 

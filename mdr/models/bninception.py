@@ -240,6 +240,6 @@ def bninception(pretrained: bool = False, weights: str | None = None) -> Backbon
     if pretrained or weights:
         from . import weights as weights_module
 
-        state = weights_module.load_pretrained_state_dict("bninception", local_path=weights)
+        state, net.pretrained_from = weights_module.load_pretrained("bninception", local_path=weights)
         net.load_state_dict(map_cadene_state_dict(state))
     return net

@@ -47,9 +47,12 @@ class GlyphNet(Backbone):
 def build_glyphnet(name: str, pretrained: bool = False, weights: str | None = None) -> GlyphNet:
     net = GlyphNet(WIDTHS[name])
     if weights:
-        from .pretrained_file import load_verified
+        from .pretrained_file import load_verified, sidecar_path
+        from .weights import weights_record
 
         net.load_state_dict(load_verified(name, weights, net))
+        sidecar = sidecar_path(weights)  # load_verified checked the file against it when there is one
+        net.pretrained_from = weights_record(weights, f"the sha256 in {sidecar}" if sidecar.is_file() else None)
     elif pretrained:
         from .pretrained_file import missing_weights_error
 

@@ -109,8 +109,21 @@ def _torch_hub_checkpoint(filename: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def weights_record(path: str | os.PathLike, verified: str | None) -> dict[str, str | None]:
+    """Where a backbone's pretrained weights came from, for the run's record (trained.json, the log): the
+    file, its sha256, and what that was checked against (None: nothing, e.g. a local file without a hash)."""
+    path = Path(path)
+    return {"file": str(path.resolve()), "sha256": file_sha256(path), "verified": verified}
+
+
 def load_pretrained_state_dict(name: str, local_path: str | None = None, progress: bool = True) -> dict[str, torch.Tensor]:
     """The ImageNet state dict of backbone `name`, from `local_path` or the verified cache/download."""
+    return load_pretrained(name, local_path, progress)[0]
+
+
+def load_pretrained(name: str, local_path: str | None = None,
+                    progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str | None]]:
+    """load_pretrained_state_dict, and the `weights_record` of the file it was read from."""
     path = weights_path(name, local_path=local_path, progress=progress)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -123,4 +136,6 @@ def load_pretrained_state_dict(name: str, local_path: str | None = None, progres
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsUnavailableError(f"the weights file {path} for {name} does not hold a state dict of tensors")
-    return state
+    # weights_path checked every file whose name carries a sha256 prefix (the cache's and torch hub's always do)
+    prefix = hash_prefix(path.name)
+    return state, weights_record(path, f"the sha256 prefix {prefix} in its name" if prefix else None)

@@ -135,6 +135,26 @@ def test_local_path_override(tmp_path, cache):
         W.load_pretrained_state_dict("resnet18", local_path=str(not_a_state))
 
 
+def test_the_loaded_file_is_recorded_with_what_checked_it(tmp_path, cache):
+    from mdr.models.backbones import create_backbone
+
+    hashed = named_by_hash(tmp_path, "resnet18")
+    sha = hashlib.sha256(hashed.read_bytes()).hexdigest()
+    state, record = W.load_pretrained("resnet18", local_path=str(hashed))
+    assert set(state) == {"conv.weight", "fc.bias"}
+    assert record == {"file": str(hashed.resolve()), "sha256": sha, "verified": f"the sha256 prefix {sha[:8]} in its name"}
+    plain = tmp_path / "my_weights.pth"
+    save_state(plain)
+    assert W.load_pretrained("resnet18", local_path=str(plain))[1]["verified"] is None  # nothing to check it by
+    # the backbone keeps the record (the engine writes it to trained.json and the log); none without weights
+    import torchvision
+
+    real = tmp_path / "resnet18-real.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), real)
+    assert create_backbone("resnet18", weights=str(real)).pretrained_from == W.weights_record(real, None)
+    assert create_backbone("resnet18").pretrained_from is None
+
+
 def test_torch_hub_cache_is_reused(tmp_path, cache, monkeypatch):
     hub = tmp_path / "torchhub" / "checkpoints"
     hub.mkdir(parents=True)
