@@ -91,6 +91,21 @@ class StopAfter:
 
 
 @pytest.fixture(scope="session")
+def glyphs_36px(tmp_path_factory):
+    """The embedded glyphs prepared at 36 px, as `python -m pipeline prepare glyphs --image-size 36` writes them:
+    this checkout's data/prepared/glyphs-36px when it is complete, else rendered once per test process (~25 s).
+    Workspaces copy it in; their `prepare` then only checks it."""
+    from pathlib import Path
+
+    from mdr.data import prepare_dataset
+
+    own = Path(__file__).resolve().parents[1] / "data" / "prepared" / "glyphs-36px"
+    if (own / "READY").exists():
+        return own
+    return prepare_dataset("glyphs", tmp_path_factory.mktemp("glyphs"), 36, progress=False).root
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server on 127.0.0.1 for this test session (tests/postgres.py); `.database()` gives a URL."""
     from tests.postgres import Unavailable, start_server

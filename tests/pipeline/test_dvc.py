@@ -87,12 +87,14 @@ def commit(repo: Path, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return make_repo(tmp_path_factory.mktemp("dvc") / "repo")
+def repo(tmp_path_factory, glyphs_36px):
+    return make_repo(tmp_path_factory.mktemp("dvc") / "repo", glyphs_36px)
 
 
-def make_repo(repo: Path) -> Path:
-    """A git + DVC repository holding the project with the shrunken params/ and its dvc.yaml."""
+def make_repo(repo: Path, glyphs: Path | None = None) -> Path:
+    """A git + DVC repository holding the project with the shrunken params/ and its dvc.yaml; the embedded
+    dataset as `prepare` writes it copied in from `glyphs` (saves its rendering; the prepare stage still runs
+    and checks it)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("mdr", "pipeline"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=ignore)
@@ -100,11 +102,8 @@ def make_repo(repo: Path) -> Path:
         shutil.copy(ROOT / name, repo / name)
     tiny_params(repo / "params")
     shrink(repo / "params")
-    # The embedded dataset as `prepare` would write it, when this checkout has it (saves its rendering);
-    # the prepare stage still runs and checks it.
-    prepared = ROOT / "data" / "prepared" / "glyphs-36px"
-    if (prepared / "READY").exists():
-        shutil.copytree(prepared, repo / "data" / "prepared" / "glyphs-36px")
+    if glyphs is not None:
+        shutil.copytree(glyphs, repo / "data" / "prepared" / "glyphs-36px")
     sh(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
@@ -373,10 +372,10 @@ def test_dvc_repro_refuses_to_run_while_snakemake_builds_the_workspace(tmp_path)
 
 
 @pytest.mark.slow
-def test_forget_retrains_exactly_one_run_with_dvc_and_with_snakemake(tmp_path):
-    work = make_repo(tmp_path / "repo")
-    ids = run_ids(work)
+def test_forget_retrains_exactly_one_run_with_dvc_and_with_snakemake(repo):
+    work = repo  # the module's repository, built by the tests before this one (or here, run alone)
     built(work)
+    ids = run_ids(work)
     mdr_run = work / "runs" / "smoke" / ids["mdr"]
     other = (work / "runs" / "smoke" / ids["none"] / "checkpoint.pt").stat().st_mtime_ns
     baselines = (work / "results" / "smoke" / "baselines.md").stat().st_mtime_ns

@@ -14,8 +14,6 @@ from mdr.grid import RunSpec
 from pipeline.each_run import for_each_run
 from tests.pipeline.test_workflow import run, tiny_params
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def specs(*ids: str) -> list[RunSpec]:
     return [RunSpec(rid, config=None, tags={}) for rid in ids]  # the loop only reads the id
@@ -69,9 +67,9 @@ def test_one_run_raises_as_before():
         for_each_run(specs("a"), work)
 
 
-def mini_params(work: Path) -> Path:
+def mini_params(work: Path, glyphs: Path) -> Path:
     """test_workflow's tiny params (the embedded glyphs, a small CNN from scratch: tests/profiles.py), with
-    1 epoch of 2 iterations, table1's Triplet row, 2 seeds."""
+    1 epoch of 2 iterations, table1's Triplet row, 2 seeds; the prepared `glyphs` copied in."""
     params = tiny_params(work / "params")
     path = params / "profiles" / "smoke.yaml"
     profile = yaml.safe_load(path.read_text())
@@ -86,17 +84,15 @@ def mini_params(work: Path) -> Path:
     doc["axes"] = {"dataset": ["cub200"], "method": {"choices": {"Triplet": doc["axes"]["method"]["choices"]["Triplet"]}}}
     doc.pop("comparisons", None)
     table.write_text(yaml.safe_dump(doc))
-    prepared = ROOT / "data" / "prepared" / "glyphs-36px"
-    if (prepared / "READY").exists():  # saves rendering it; prepare still checks it
-        shutil.copytree(prepared, work / "data" / "prepared" / "glyphs-36px")
+    shutil.copytree(glyphs, work / "data" / "prepared" / "glyphs-36px")  # saves rendering it; prepare still checks it
     return params
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_two_runs_in_one_process(tmp_path):
+def test_train_and_evaluate_two_runs_in_one_process(tmp_path, glyphs_36px):
     from mdr.locking import hold_run
 
-    mini_params(tmp_path)
+    mini_params(tmp_path, glyphs_36px)
     prepared = run([sys.executable, "-m", "pipeline", "prepare", "glyphs", "--image-size", "36"], tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     listed = run([sys.executable, "-m", "pipeline", "runs"], tmp_path)

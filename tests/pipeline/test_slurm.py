@@ -84,11 +84,11 @@ def shrunken(work: Path, seeds=(0,), **train) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prepared_data(tmp_path_factory):
-    work = shrunken(tmp_path_factory.mktemp("prepared"))
-    result = run([sys.executable, "-m", "pipeline", "prepare", "glyphs", "--image-size", "36", "--data-root", "data"], work)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return work / "data"
+def prepared_data(tmp_path_factory, glyphs_36px):
+    """A data root holding the prepared glyphs (tests/conftest.py)."""
+    root = tmp_path_factory.mktemp("prepared") / "data"
+    shutil.copytree(glyphs_36px, root / "prepared" / "glyphs-36px")
+    return root
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_the_smoke_dag_through_slurm_equals_a_local_run(cluster, prepared_data, 
 
 @pytest.mark.slow
 def test_a_training_cancelled_by_scancel_is_resubmitted_and_resumes(cluster, prepared_data, tmp_path):
-    work = shrunken(tmp_path / "resume", epochs=12)
+    work = shrunken(tmp_path / "resume", epochs=6)  # scancel comes once epoch 1's checkpoint exists: 5 are left
     shutil.copytree(prepared_data, work / "data")
     listed = run([sys.executable, "-m", "pipeline", "runs"], work)
     run_id = listed.stdout.split()[0]
@@ -149,7 +149,7 @@ def test_a_training_cancelled_by_scancel_is_resubmitted_and_resumes(cluster, pre
     history = json.loads((checkpoint.parent / "history.json").read_text())
     status = json.loads((checkpoint.parent / "status.json").read_text())["status"]
     assert proc.returncode == 0, out[-3000:]
-    assert status == "finished" and [r["epoch"] for r in history] == list(range(1, 13))
+    assert status == "finished" and [r["epoch"] for r in history] == list(range(1, 7))
     trains = [j for j in sacct_jobs(cluster, work) if j["comment"].startswith("rule_train_")]
     if [j["state"] for j in trains] == ["COMPLETED"]:
         pytest.skip("the run finished before scancel reached it (machine too fast for this check)")
