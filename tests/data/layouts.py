@@ -212,9 +212,10 @@ def cars_key_annos(path: str) -> int:
 SOP_SUPER = ["bicycle_final", "cabinet_final", "chair_final"]
 
 
-def sop_files(n_train_classes: int = 4, n_test_classes: int = 3, skip: str = "") -> tuple[dict[str, bytes], dict[str, int]]:
+def sop_files(n_train_classes: int = 4, n_test_classes: int = 3, skip: str = "",
+              per_class: int | None = None) -> tuple[dict[str, bytes], dict[str, int]]:
     """The content of Stanford_Online_Products.zip (Ebay_{info,train,test}.txt, super-class folders, .JPG), and
-    the colour key of each image path."""
+    the colour key of each image path. `per_class`: images of every class (default: 2 or 3, alternately)."""
     lines = {"train": [], "test": []}
     keys, files = {}, {}
     image_id = 0
@@ -222,7 +223,7 @@ def sop_files(n_train_classes: int = 4, n_test_classes: int = 3, skip: str = "")
         split = "train" if cls <= n_train_classes else "test"
         sup = 1 + cls % len(SOP_SUPER)
         product = 111000000000 + cls * 7
-        for k in range(2 + cls % 2):
+        for k in range(per_class or 2 + cls % 2):
             image_id += 1
             rel = f"{SOP_SUPER[sup - 1]}/{product}_{k}.JPG"
             files[f"Stanford_Online_Products/{rel}"] = jpeg(image_id, 30, 20)
@@ -247,21 +248,24 @@ INSHOP_PLAN = [(1, "train", 3), (2, "train", 2), (7, "test", 3), (9, "test", 4)]
 
 
 def make_inshop(raw: Path, folder: str = "img", truncated_key: int | None = None,
-                zip_path: Path | None = None, partition_path: Path | None = None) -> dict[str, int]:
+                zip_path: Path | None = None, partition_path: Path | None = None,
+                plan: list[tuple[int, str, int]] = INSHOP_PLAN, queries_per_item: int | None = None) -> dict[str, int]:
     """img.zip (img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_N_view.jpg) + list_eval_partition.txt in `raw`
     (or at `zip_path` / `partition_path`, e.g. the Drive folder's Img/img.zip and Eval/...).
     `folder="img_highres"` builds the high-resolution img_highres.zip's layout instead; `truncated_key`: that
-    image's JPEG is cut in half (the zip itself stays intact)."""
+    image's JPEG is cut in half (the zip itself stays intact). `plan`: (item, train or test, images) per item;
+    a test item's images are query and gallery alternately, or its first `queries_per_item` the queries."""
     raw.mkdir(parents=True, exist_ok=True)
     rows, keys, key, files = [], {}, 0, {}
-    for item, part, n in INSHOP_PLAN:
+    for item, part, n in plan:
         gender, cat = ("WOMEN", "Dresses") if item % 2 else ("MEN", "Denim")
         for k in range(n):
             key += 1
             rel = f"img/{gender}/{cat}/id_{item:08d}/{k + 1:02d}_{k % 4 + 1}_{['front', 'side', 'back', 'full'][k % 4]}.jpg"
             data = jpeg(key, 16, 24)
             files[folder + rel[len("img"):]] = data[: len(data) // 2] if key == truncated_key else data
-            status = part if part == "train" else ("query" if k % 2 == 0 else "gallery")
+            query = k % 2 == 0 if queries_per_item is None else k < queries_per_item
+            status = part if part == "train" else ("query" if query else "gallery")
             rows.append(f"{rel}           id_{item:08d}  {status}")
             keys[rel] = key
     write_archive(zip_path or raw / "img.zip", files)
