@@ -156,8 +156,7 @@ def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device:
     workers = 0 if isinstance(dataset, CachedFeatureSet) else num_workers
     pinned = device.type == "cuda"
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pinned,
-                        # forkserver: workers never fork a process in which faiss has run (docs/tooling.md).
-                        multiprocessing_context="forkserver" if workers else None)
+                        multiprocessing_context=worker_start_method() if workers else None)
     batches = tqdm(loader, desc=desc, leave=False, disable=desc is None, dynamic_ncols=True)
     with float32_arithmetic(tf32=False):
         out = [model(images.to(device, non_blocking=pinned)).float().cpu() for images, _ in batches]
