@@ -39,6 +39,11 @@ class DataConfig(Strict):
         "lanczos", description="resampling of the training crop: 'lanczos' as the authors (PIL's Lanczos, "
         "per image), or 'bilinear' (torchvision's antialiased bilinear on tensors)")
     num_workers: int = Field(0, ge=0)
+    augment_on: Literal["loader", "device"] = Field(
+        "loader", description="where the training crop and flip are done. loader: per image in the DataLoader "
+        "(crop_interpolation lanczos or bilinear). device: the loader sends the cached uint8 images, and the batch "
+        "is cropped, resized and flipped on the run's device (mdr/data/device_augment.py: the same draws, bilinear "
+        "only), so a GPU is not kept waiting on CPU transforms")
     cached_views: int = Field(
         0, ge=0, description="0: train the whole backbone on images. N > 0: freeze the backbone's lower part, "
         "cache its outputs for N augmented views of every training image (mdr/features.py) and train its "
@@ -158,6 +163,13 @@ class RunConfig(Strict):
         if self.data.cached_views and self.model.channels_last:
             raise ValueError("model.channels_last applies to images; with data.cached_views > 0 the model sees "
                              "cached feature vectors: set model.channels_last: false")
+        if self.data.augment_on == "device" and self.data.crop_interpolation != "bilinear":
+            raise ValueError("data.augment_on device crops in batch with bilinear resampling, but "
+                             f"data.crop_interpolation is {self.data.crop_interpolation} (PIL's, per image); set "
+                             "data.crop_interpolation: bilinear, or data.augment_on: loader")
+        if self.data.augment_on == "device" and self.data.cached_views:
+            raise ValueError("data.augment_on device crops images, but with data.cached_views > 0 the model sees "
+                             "cached feature vectors; set data.augment_on: loader")
         bad = [m for m in self.optim.lr_milestones if not 0 < m < self.train.epochs]
         if bad:
             raise ValueError(f"optim.lr_milestones {bad} must lie strictly between 0 and train.epochs {self.train.epochs}")
@@ -186,7 +198,7 @@ class RunConfig(Strict):
 
 
 # (section, key, default): train.precision fp32 is how every run trained before the field existed.
-_SAME_AS_BEFORE = (("train", "precision", "fp32"),)
+_SAME_AS_BEFORE = (("train", "precision", "fp32"), ("data", "augment_on", "loader"))
 
 
 class ConfigError(ValueError):

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from mdr import checkpoint
 from mdr.checkpoint import CheckpointMismatchError  # noqa: F401  (raised here; callers import it from mdr.engine)
 from mdr.config import RunConfig
+from mdr.data.device_augment import DeviceCrops
 from mdr.data.loading import CachedImages, test_transform, train_transform, worker_start_method
 from mdr.data.prepared import PreparedDataset
 from mdr.data.registry import prepared_dir
@@ -205,6 +206,8 @@ def train_set_of(prepared: PreparedDataset, config: RunConfig, rows: "pd.DataFra
     if config.data.cached_views:
         return CachedFeatureViews(load_features(prepared, config, progress), indices, labels)
     d = config.data
+    if d.augment_on == "device":  # uint8 images as cached; _train_epoch crops them on the device (DeviceCrops)
+        return CachedImages(prepared.root / "images.npy", indices, labels, None)
     return CachedImages(prepared.root / "images.npy", indices, labels,
                         train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip, d.crop_interpolation))
 
@@ -388,6 +391,9 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
     seed_everything(seed)
     sampler = MPerClassBatchSampler(train_set.labels, t.batch_size, t.images_per_class, t.iterations_per_epoch, seed)
     workers = config.data.num_workers
+    d = config.data
+    on_device = isinstance(train_set, CachedImages) and train_set.transform is None  # data.augment_on: device
+    augment = DeviceCrops(d.crop, d.crop_scale, d.crop_ratio, d.hflip) if on_device else None
     if isinstance(train_set, CachedFeatureViews):  # cached features: a batch is one indexing, no loader
         loader: Any = (train_set.batch(np.asarray(positions)) for positions in sampler)
     else:
@@ -406,6 +412,8 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
                disable=not progress, dynamic_ncols=True)
     for i, (images, labels) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
         context = StepContext(epoch=epoch, num_epochs=t.epochs, iteration=epoch * t.iterations_per_epoch + i,
                               images=images, model=model)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -28,13 +28,14 @@ def worker_start_method() -> str:
 
 
 class CachedImages(Dataset):
-    """Rows `indices` of a prepared dataset's images.npy, as (float image CHW in [0, 1], label).
+    """Rows `indices` of a prepared dataset's images.npy, as (`transform`(uint8 image CHW), label); with no
+    transform, the uint8 image itself (data.augment_on: device, mdr/data/device_augment.py).
 
     Opens the memory map lazily, so it pickles cheaply into spawned/forkserver DataLoader workers.
     """
 
     def __init__(self, images_path: str | Path, indices: np.ndarray, labels: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor]):
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None):
         self.images_path = str(images_path)
         self.indices = np.asarray(indices)
         self.labels = np.asarray(labels)
@@ -51,7 +52,7 @@ class CachedImages(Dataset):
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r")
         image = torch.from_numpy(np.array(self._images[self.indices[i]])).permute(2, 0, 1)
-        return self.transform(image), int(self.labels[i])
+        return (image if self.transform is None else self.transform(image)), int(self.labels[i])
 
 
 # The authors crop PIL images with Lanczos (torchvision.transforms on PIL, interpolation=Image.LANCZOS).
