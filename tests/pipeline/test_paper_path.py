@@ -15,7 +15,7 @@ real datasets' and are set to the copies' here (as tests/data/test_prepare_cli.p
 Cost, measured on the 2-core development machine with little else running: 4 min 20 s, nearly all of it the
 four BN-Inception steps at 224 px with their evaluations (CUB-200 41 s and 33 s for 128 images, SOP 71 s and
 In-Shop 70 s for 256); the training process peaks at 13 GB (a batch of 256 with its activations). Everything
-is built once per test session (a session fixture), and the tests share one xdist worker.
+is built once per test session, whichever xdist worker asks first (the `paper` fixture).
 """
 from __future__ import annotations
 
@@ -150,22 +150,14 @@ class PaperPath:
         return self.work / "runs" / "paper" / self.specs[dataset].run_id
 
 
-# session, not module: xdist's loadgroup keeps this file's tests on one worker but may interleave other files'
-# tests between them, and pytest tears a module fixture down when another module's test comes (it was built twice)
-@pytest.fixture(scope="session")
-def paper(tmp_path_factory) -> PaperPath:
+def build(work: Path) -> None:
     """Prepare the three datasets, train the three runs in one `train` command, evaluate them in one
-    `evaluate` command."""
-    from mdr.data.registry import prepared_dir
+    `evaluate` command; what the commands printed and returned goes to work/commands.json."""
     from pipeline.__main__ import main as pipeline_main
 
-    work = tmp_path_factory.mktemp("paper")
     weights = bninception_weights(work / "weights")
     params = shrunk_paper_params(work / "params", weights)
-    grid, paper_grid = load_grid("paper", params), load_grid("paper")
-    specs = {d: table1_run(grid, d) for d in DATASETS}
-    paper_specs = {d: table1_run(paper_grid, d) for d in DATASETS}
-    prepared = {}
+    specs = {d: table1_run(load_grid("paper", params), d) for d in DATASETS}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         for dataset, (source, counts, classes) in build_sources(work / "sources").items():
@@ -174,15 +166,43 @@ def paper(tmp_path_factory) -> PaperPath:
             rc = pipeline_main(["prepare", dataset, "--image-size", str(size), "--data-root", str(work / "data"),
                                 "--no-fetch", "--source", str(source)])
             assert rc == 0, dataset
-            prepared[dataset] = prepared_dir(work / "data", dataset, size)
     # the CPU path, even on a machine with a GPU: `device: auto` finds none and only --allow-cpu lets it train
     env = {k: v for k, v in os.environ.items() if k not in ("MDR_ALLOW_CPU", "MDR_USE_TUNED")}
     env.update(MDR_PARAMS=str(params), PYTHONPATH=str(ROOT), MDR_CACHE=str(work / "cache"), CUDA_VISIBLE_DEVICES="",
                MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     runs = [arg for d in DATASETS for arg in ("--run", specs[d].run_id)]
-    train = stage(work, env, "train", "--profile", "paper", *runs, "--allow-cpu", "--no-tracking", "--no-bars")
-    evaluate = stage(work, env, "evaluate", "--profile", "paper", *runs, "--no-tracking") if train.returncode == 0 else None
-    return PaperPath(work, weights, specs, paper_specs, train, evaluate, prepared)
+    commands = {"train": stage(work, env, "train", "--profile", "paper", *runs, "--allow-cpu", "--no-tracking", "--no-bars")}
+    if commands["train"].returncode == 0:
+        commands["evaluate"] = stage(work, env, "evaluate", "--profile", "paper", *runs, "--no-tracking")
+    (work / "commands.json").write_text(json.dumps(
+        {k: {"args": c.args, "returncode": c.returncode, "stdout": c.stdout, "stderr": c.stderr} for k, c in commands.items()}))
+
+
+@pytest.fixture(scope="session")
+def paper(tmp_path_factory, worker_id) -> PaperPath:
+    """The paper path, built once for the whole test session (~5 min, 13 GB at its peak): the first xdist worker
+    to ask builds it under a file lock in the session's shared temporary folder, any other waits and reads it
+    (xdist_group alone did not keep these tests on one worker, and two builds at once swapped the 24 GB machine)."""
+    from filelock import FileLock
+
+    from mdr.data.registry import prepared_dir
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent
+    work = shared / "paper-path"
+    with FileLock(str(shared / "paper-path.lock")):
+        if not (work / "commands.json").exists():
+            shutil.rmtree(work, ignore_errors=True)  # a build that failed half-way
+            work.mkdir()
+            build(work)
+    commands = {k: subprocess.CompletedProcess(c["args"], c["returncode"], c["stdout"], c["stderr"])
+                for k, c in json.loads((work / "commands.json").read_text()).items()}
+    weights = next((work / "weights").glob("bn_inception-*.pth"))
+    grid, paper_grid = load_grid("paper", work / "params"), load_grid("paper")
+    specs = {d: table1_run(grid, d) for d in DATASETS}
+    prepared = {d: prepared_dir(work / "data", d, specs[d].config.data.image_size) for d in DATASETS}
+    return PaperPath(work, weights, specs, {d: table1_run(paper_grid, d) for d in DATASETS}, commands["train"],
+                     commands.get("evaluate"), prepared)
 
 
 def test_the_runs_are_the_paper_profiles_shrunk_in_iterations_only(paper):
