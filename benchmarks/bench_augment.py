@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks.bench_paper import synchronize
 from mdr.data.device_augment import DeviceCrops
 from mdr.data.loading import train_transform
 
@@ -26,12 +27,12 @@ SCALE, RATIO = (0.16, 1.0), (3 / 4, 4 / 3)
 
 
 def timed(fn, device: torch.device | None = None) -> float:
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device is not None:
+        synchronize(device)
     start = time.perf_counter()
     fn()
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device is not None:
+        synchronize(device)
     return time.perf_counter() - start
 
 

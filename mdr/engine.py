@@ -390,10 +390,10 @@ def _train_epoch(config: RunConfig, parts: Components, train_set: CachedImages, 
     seed = epoch_seed(config.seed, epoch)
     seed_everything(seed)
     sampler = MPerClassBatchSampler(train_set.labels, t.batch_size, t.images_per_class, t.iterations_per_epoch, seed)
-    workers = config.data.num_workers
     d = config.data
-    on_device = isinstance(train_set, CachedImages) and train_set.transform is None  # data.augment_on: device
-    augment = DeviceCrops(d.crop, d.crop_scale, d.crop_ratio, d.hflip) if on_device else None
+    workers = d.num_workers
+    # data.augment_on device: train_set_of left the images uint8 (the config refuses it with cached features)
+    augment = DeviceCrops(d.crop, d.crop_scale, d.crop_ratio, d.hflip) if d.augment_on == "device" else None
     if isinstance(train_set, CachedFeatureViews):  # cached features: a batch is one indexing, no loader
         loader: Any = (train_set.batch(np.asarray(positions)) for positions in sampler)
     else:
