@@ -129,8 +129,15 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
     batch_size: int = Field(256, gt=0)
-    every: int = Field(1, gt=0, description="evaluate on the test split every N epochs (and at the last)")
+    every: int = Field(1, gt=0, description="evaluate every N epochs (and at the last): on the test split, or on "
+                       "the validation classes when data.validation_classes > 0")
     train_subset: int = Field(0, ge=0, description="also measure Recall@K on this many training images (Figure 4b)")
+    protocol: Literal["published", "fair"] = Field(
+        "published", description="published: as the authors' code, the test classes are evaluated after every epoch "
+        "and the best test epoch is reported (with the final one). fair: the epoch is chosen by Recall@1 on "
+        "validation classes carved out of the training classes (data.validation_classes > 0), and the test split "
+        "is evaluated once per reported checkpoint, after training (mdr/evaluation.py; docs/protocols.md). "
+        "Not published: the run id says it (`-fair-seed0-...`)")
 
 
 class RunConfig(Strict):
@@ -170,6 +177,10 @@ class RunConfig(Strict):
         if self.data.augment_on == "device" and self.data.cached_views:
             raise ValueError("data.augment_on device crops images, but with data.cached_views > 0 the model sees "
                              "cached feature vectors; set data.augment_on: loader")
+        if self.eval.protocol == "fair" and not self.data.validation_classes:
+            raise ValueError("eval.protocol fair chooses the epoch on validation classes held out of the training "
+                             "classes, but data.validation_classes is 0; set data.validation_classes to N > 0 (e.g. "
+                             "20 of glyphs-cub's 100), or eval.protocol: published")
         bad = [m for m in self.optim.lr_milestones if not 0 < m < self.train.epochs]
         if bad:
             raise ValueError(f"optim.lr_milestones {bad} must lie strictly between 0 and train.epochs {self.train.epochs}")
@@ -197,8 +208,9 @@ class RunConfig(Strict):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
 
 
-# (section, key, default): train.precision fp32 is how every run trained before the field existed.
-_SAME_AS_BEFORE = (("train", "precision", "fp32"), ("data", "augment_on", "loader"))
+# (section, key, default): train.precision fp32 and eval.protocol published are how every run trained and
+# was evaluated before the fields existed.
+_SAME_AS_BEFORE = (("train", "precision", "fp32"), ("eval", "protocol", "published"), ("data", "augment_on", "loader"))
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,10 @@ cells; every cell is trained once per seed. A cell's config is resolved in this 
   -> the method (params/methods.yaml) -> the image-size preset (profile.image_sizes)
   -> profile.overrides whose `when` matches (per-dataset lr, lambda, ...) -> table.fixed -> the cell's settings
 
+An override matches on the run's facts: the table, the logical dataset, the method, and the loss, regularizer,
+backbone and eval.protocol the run will actually use (a table axis that sets one of them counts), so that e.g.
+`- when: {protocol: fair}` `set: {data.validation_classes: 10}` applies to the fair cells of any table.
+
 A run's id is a readable slug plus the hash of its fully resolved config, so tables that need the
 same run share it, and a changed parameter gives a new run instead of silently reusing an old one.
 """
@@ -30,7 +34,7 @@ from mdr.config import ConfigError, RunConfig, _short_errors
 # $MDR_PARAMS points the whole pipeline at another params folder (tests, private experiments).
 PARAMS_DIR = Path(os.environ.get("MDR_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 SPECIAL_KEYS = ("dataset", "method", "image_size")
-MATCH_KEYS = ("table", "dataset", "method", "loss", "regularizer", "backbone")
+MATCH_KEYS = ("table", "dataset", "method", "loss", "regularizer", "backbone", "protocol")
 
 
 def _distinct(seeds: list[int]) -> list[int]:
@@ -62,7 +66,7 @@ class Strict(BaseModel):
 
 
 class Override(Strict):
-    when: dict[str, Any] = Field(description="all of: table, dataset, method, loss, regularizer, backbone")
+    when: dict[str, Any] = Field(description="all of: table, dataset, method, loss, regularizer, backbone, protocol")
     set: dict[str, Any]
 
     @model_validator(mode="after")
@@ -316,6 +320,7 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
     facts["loss"] = merged.get("loss.name", facts["loss"])
     facts["regularizer"] = merged.get("regularizer.name", facts["regularizer"])
     facts["backbone"] = merged.get("model.backbone", config.get("model", {}).get("backbone"))
+    facts["protocol"] = merged.get("eval.protocol", config.get("eval", {}).get("protocol", "published"))
     for override in profile.overrides:
         if override.matches(facts):
             _apply(config, override.set)
@@ -396,8 +401,9 @@ def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: st
 def run_id(config: RunConfig) -> str:
     c = config
     precision = "" if c.train.precision == "fp32" else f"-{c.train.precision}"  # the default says nothing
+    protocol = "" if c.eval.protocol == "published" else f"-{c.eval.protocol}"  # likewise
     return (f"{c.data.dataset}-{c.model.backbone}-{c.loss.name}-{c.regularizer.name}"
-            f"-d{c.model.embedding_dim}-{c.data.crop}px{precision}-seed{c.seed}-{c.fingerprint()}")
+            f"-d{c.model.embedding_dim}-{c.data.crop}px{precision}{protocol}-seed{c.seed}-{c.fingerprint()}")
 
 
 def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
@@ -417,13 +423,20 @@ def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
             source = f"params/tables/{table.name}.yaml [{', '.join(f'{k}={v}' for k, v in labels.items())}, seed {seed}]"
             config, facts = resolve(profile, methods, table, settings, seed, source, params_dir)
             rid = run_id(config)
-            spec = runs.setdefault(rid, RunSpec(rid, config, tags={k: str(v) for k, v in facts.items() if k != "table"}))
+            spec = runs.setdefault(rid, RunSpec(rid, config, tags=run_tags(facts)))
             if table.name not in spec.tables:
                 spec.tables.append(table.name)
             ids.append(rid)
         paper = {"dataset": facts["dataset"], "method": facts["method"], **paper}
         cells.append(Cell(labels, facts, paper, ids))
     return Table(table, cells)
+
+
+def run_tags(facts: dict[str, Any]) -> dict[str, str]:
+    """A run's tags (metrics.json, MLflow, runs.csv): its facts less the table; the protocol only when not the
+    published one, so the tags of every run from before eval.protocol existed are unchanged."""
+    return {k: str(v) for k, v in facts.items()
+            if k != "table" and not (k == "protocol" and v == "published")}
 
 
 def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR, use_tuned: bool | None = None) -> Grid:

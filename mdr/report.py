@@ -421,6 +421,10 @@ def write_report(grid: Grid, runs_root: Path | None = None) -> Path:
     undeclared = [name for name, df in zip(names, compared) if df.empty]
     if undeclared:
         lines += [f"No comparisons declared by: {', '.join(undeclared)}.", ""]
+    from mdr import report_protocols
+
+    if report_protocols.TABLE in names:  # the fair protocol's section (docs/protocols.md)
+        lines += report_protocols.survival_markdown(compared[names.index(report_protocols.TABLE)])
     lines += ["## Tables", ""]
     for name in grid.tables:
         df = aggregate_table(grid, name, runs_root)

@@ -53,6 +53,7 @@ def test_the_run_id_names_a_precision_other_than_fp32_and_fp32_ids_are_unchanged
     before = fp32.model_dump(mode="json")
     del before["train"]["precision"]
     del before["data"]["augment_on"]  # data.augment_on loader: likewise (tests/data/test_device_augment.py)
+    del before["eval"]["protocol"]  # eval.protocol published: likewise (tests/test_protocol.py)
     assert fp32.fingerprint() == hashlib.sha256(
         json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
     assert "precision: fp32" in engine.config_yaml(fp32)  # recorded with the run all the same

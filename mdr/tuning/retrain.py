@@ -11,7 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from mdr.config import RunConfig
-from mdr.grid import PARAMS_DIR, load_methods, load_profile, run_id, tuned_file
+from mdr.grid import PARAMS_DIR, load_methods, load_profile, run_id, run_tags, tuned_file
 from mdr.tuning.context import RESULTS, method_config
 from mdr.tuning.outputs import _fmt
 from mdr.tuning.spec import TuningError, load_tuning
@@ -63,7 +63,7 @@ def retrain_best(profile: str, dataset: str, *, params_dir: Path = PARAMS_DIR, s
             summary = train(config, run_dir, resume=True, progress=progress, echo=echo is not None, callbacks=callbacks).summary
             atomic_write_text(layout.trained_marker(profile, rid),
                               json.dumps({"run": rid, "fingerprint": config.fingerprint(), **summary}, indent=1) + "\n")
-            metrics = {"run": rid, "tags": {k: str(v) for k, v in facts.items() if k != "table"}, **evaluate_run(config, run_dir)}
+            metrics = {"run": rid, "tags": run_tags(facts), **evaluate_run(config, run_dir)}
             atomic_write_text(metrics_path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
             if tracking:
                 from mdr.tracking import log_evaluation
