@@ -28,6 +28,13 @@ KIND = {name: table.definition.kind for name, table in GRID.tables.items()}
 RESULT_FILES = [str(f) for t in TABLES for f in layout.table_files(PROFILE, t, KIND[t]).values()]
 
 
+def in_workdir(path):
+    # Snakemake matches a target by its spelling: a file under the working directory is named relative to it,
+    # so `snakemake params/tuned/smoke/cub200-mdr.yaml` finds rule tune (PARAMS_DIR is absolute)
+    rel = os.path.relpath(os.path.abspath(path))
+    return str(path) if rel.startswith("..") else rel
+
+
 def names_regex(kind):
     names = [t for t in TABLES if KIND[t] == kind]
     return "|".join(names) if names else "(?!)"
@@ -87,6 +94,8 @@ rule all:
         RESULT_FILES,
         f"results/{PROFILE}/metrics.json",
         [str(layout.tracked_marker(PROFILE))] if TRACK_AT_END else [],
+        # the fair runs' tuned settings (rule tune; committed for the smoke profile, so not remade there)
+        [in_workdir(f) for f in GRID.fair_tuned_files()],
 
 
 rule prepare:
@@ -140,6 +149,8 @@ if runs_per_job(GRID) == 1:  # one job per run (the paper profile)
             data=lambda w: prepared_marker(w.run),
             tracking=str(layout.tracking_ready(PROFILE)),
             weights=lambda w: weights_made_here([w.run]),
+            # a fair run's tuned settings: their content is in the run id, so their date is not (ancient)
+            tuned=lambda w: [ancient(in_workdir(f)) for f in [GRID.tuned_input(w.run)] if f],
         output:
             f"runs/{PROFILE}/{{run}}/trained.json",
         params:
@@ -175,6 +186,7 @@ else:  # resources.runs_per_job > 1: one train and one evaluate rule per job of 
                 data=sorted({prepared_marker(r) for r in JOB.run_ids}),
                 tracking=str(layout.tracking_ready(PROFILE)),
                 weights=weights_made_here(JOB.run_ids),
+                tuned=[ancient(in_workdir(f)) for f in sorted({GRID.tuned_input(r) for r in JOB.run_ids} - {None})],
             output:
                 [str(layout.trained_marker(PROFILE, r)) for r in JOB.run_ids],
             params:
@@ -265,7 +277,8 @@ rule track:
         "{PY} -m pipeline track-rebuild --profile {PROFILE} --marker {output}"
 
 
-# ---- tuning (Optuna): outside the default target; `snakemake --cores 2 tune_all` ----
+# ---- tuning (Optuna): the fair runs' studies are in the default target (tune_fair); `tune_all` runs the
+# profile's own list (params/tuning.yaml `tune`) ----
 from mdr.grid import PARAMS_DIR, tuned_file
 from mdr.tuning import load_tuning, method_config, method_for, tuned_regularizer
 
@@ -277,19 +290,28 @@ except ConfigError as error:
     sys.exit(f"error: {error}")
 
 
+def weights_made_here_for_tuning(wildcards):
+    # the pretrained start of the tuned method's backbone, when the pretrain stage makes it
+    w = pretrained_weights(method_config(PROFILE, wildcards.dataset, method_for(wildcards.regularizer), 0)[0])
+    return [w] if w else []
+
+
 def tune_prepared_marker(wildcards):
     c = method_config(PROFILE, wildcards.dataset, method_for(wildcards.regularizer), 0)[0].data
     return str(prepared_dir(c.root, c.dataset, c.image_size) / "READY")
 
 
 rule tune:
+    # Its inputs are ancient: a tuned file is remade when missing or asked for (`--forcerun tune`), not because
+    # the data it was tuned on was prepared again (the smoke profile's tuned files are committed; docs/protocols.md).
     input:
-        data=tune_prepared_marker,
-        tracking=str(layout.tracking_ready(PROFILE)),
+        data=lambda w: ancient(tune_prepared_marker(w)),
+        tracking=ancient(str(layout.tracking_ready(PROFILE))),
+        weights=lambda w: [ancient(f) for f in weights_made_here_for_tuning(w)],
     # params/tuned/<profile>/<dataset>-<regularizer>.yaml; the method is the tuning method's loss with that
     # regularizer (mdr -> Triplet+MDR, lsd -> Triplet+LSD, ...)
     output:
-        str(tuned_file(PARAMS_DIR, PROFILE, "{dataset}", "{regularizer}")),
+        in_workdir(tuned_file(PARAMS_DIR, PROFILE, "{dataset}", "{regularizer}")),
     wildcard_constraints:
         dataset="[^/-]+",
     params:
@@ -298,6 +320,7 @@ rule tune:
             {
                 "method": method_for(w.regularizer),
                 "spaces": {k: {n: d.model_dump() for n, d in v.items()} for k, v in TUNING.search_spaces.items()},
+                "loss_spaces": {k: {n: d.model_dump() for n, d in v.items()} for k, v in TUNING.loss_search_spaces.items()},
                 "profile": TUNE_SETTINGS.model_dump() if TUNE_SETTINGS else None,
             },
             sort_keys=True,
@@ -313,6 +336,12 @@ rule tune:
         "{PY} -m pipeline tune --profile {PROFILE} --dataset {wildcards.dataset} --method {params.method} --no-bars"
 
 
+rule tune_fair:
+    # the studies whose tuned settings the fair runs read (the `all` target includes them)
+    input:
+        [in_workdir(f) for f in GRID.fair_tuned_files()],
+
+
 rule tune_all:
     input:
-        [str(tuned_file(PARAMS_DIR, PROFILE, d, TUNED_REGULARIZER)) for d in (TUNE_SETTINGS.tune if TUNE_SETTINGS else [])],
+        [in_workdir(tuned_file(PARAMS_DIR, PROFILE, d, TUNED_REGULARIZER)) for d in (TUNE_SETTINGS.tune if TUNE_SETTINGS else [])],

@@ -205,6 +205,21 @@ class Grid:
     methods: dict[str, Method]
     runs: dict[str, RunSpec]
     tables: dict[str, Table]
+    # tuned file -> the fair cells left out until it is written (its tune job: Snakemake's `tune` rule)
+    awaiting_tuning: dict[str, list[str]] = field(default_factory=dict)
+    params_dir: Path = PARAMS_DIR
+
+    def tuned_input(self, run: str) -> str | None:
+        """The tuned file that a fair run's config was resolved with (None for a published run)."""
+        r = self.runs[run]
+        if r.config.eval.protocol != "fair":
+            return None
+        return str(tuned_file(self.params_dir, self.profile.name, r.tags["dataset"], r.config.regularizer.name))
+
+    def fair_tuned_files(self) -> list[str]:
+        """The tuned files that the fair runs need: those they read and those that their cells wait for."""
+        read = {f for r in self.runs if (f := self.tuned_input(r))}
+        return sorted(read | set(self.awaiting_tuning))
 
     def datasets(self) -> list[tuple[str, int]]:
         """(dataset, image_size) pairs that must be prepared."""
@@ -325,11 +340,14 @@ def resolve(profile: Profile, methods: dict[str, Method], table: TableDef, setti
         if override.matches(facts):
             _apply(config, override.set)
             layers.append((f"{profile_file} [overrides]", _dotted(override.set)))
-    # --- tuning: the tuned regularizer settings come after the profile's, before the table's ---
-    if profile.use_tuned:
-        tuned = tuned_settings(params_dir, profile.name, dataset, facts["regularizer"])
+    # --- tuning: the tuned settings come after the profile's, before the table's; a fair run needs them ---
+    if profile.use_tuned or facts["protocol"] == "fair":
+        path = tuned_file(params_dir, profile.name, dataset, facts["regularizer"])
+        if facts["protocol"] == "fair" and not path.exists():
+            raise AwaitingTuning(path, source)
+        tuned = tuned_settings(params_dir, profile.name, dataset, facts["regularizer"], facts["loss"])
         _apply(config, tuned)
-        layers.append((str(tuned_file(params_dir, profile.name, dataset, facts["regularizer"])), _dotted(tuned)))
+        layers.append((str(path), _dotted(tuned)))
     # --- end tuning ---
     _apply(config, merged)
     layers.append((source, _dotted(merged)))
@@ -383,8 +401,34 @@ def tuned_file(params_dir: Path, profile: str, dataset: str, regularizer: str) -
     return params_dir / "tuned" / profile / f"{dataset}-{regularizer}.yaml"
 
 
-def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: str) -> dict[str, Any]:
-    """The tuned `regularizer.params.*` settings for this dataset and regularizer; {} if none were tuned."""
+def override_setting(profile: Profile, facts: dict[str, Any], dotted: str) -> Any:
+    """What the profile's overrides that match `facts` set `dotted` to (the last one wins); None if none sets it.
+    The tuner asks it for the validation classes of the fair runs, which its studies must hold out too."""
+    config: dict[str, Any] = {}
+    for override in profile.overrides:
+        if override.matches(facts):
+            _apply(config, override.set)
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+class AwaitingTuning(Exception):
+    """A fair run's tuned settings (params/tuned/<profile>/<dataset>-<regularizer>.yaml) are not written yet:
+    the grid leaves its cell out (Grid.awaiting_tuning) until the tune job has written them."""
+
+    def __init__(self, path: Path, source: str):
+        super().__init__(f"{source}: eval.protocol fair needs {path}, which is not written yet")
+        self.path, self.source = path, source
+
+
+def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: str,
+                   loss: str | None = None) -> dict[str, Any]:
+    """The tuned `regularizer.params.*` settings for this dataset and regularizer, and the tuned `loss.params.*`
+    when the study tuned the run's `loss`; {} if none were tuned."""
     path = tuned_file(params_dir, profile, dataset, regularizer)
     if not path.exists():
         return {}
@@ -394,7 +438,14 @@ def tuned_settings(params_dir: Path, profile: str, dataset: str, regularizer: st
         raise ConfigError(f"{path}: expected `regularizer: {{name: ..., params: {{...}}}}` (written by pipeline tune)")
     if section.get("name") != regularizer:
         return {}
-    return {f"regularizer.params.{k}": v for k, v in section["params"].items()}
+    settings = {f"regularizer.params.{k}": v for k, v in section["params"].items()}
+    tuned_loss = data.get("loss")
+    if tuned_loss is not None:
+        if not isinstance(tuned_loss, dict) or not isinstance(tuned_loss.get("params"), dict):
+            raise ConfigError(f"{path}: expected `loss: {{name: ..., params: {{...}}}}` (written by pipeline tune)")
+        if tuned_loss.get("name") == loss:
+            settings.update({f"loss.params.{k}": v for k, v in tuned_loss["params"].items()})
+    return settings
 # --- end tuning ---
 
 
@@ -407,7 +458,10 @@ def run_id(config: RunConfig) -> str:
 
 
 def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
-                 runs: dict[str, RunSpec], params_dir: Path = PARAMS_DIR) -> Table:
+                 runs: dict[str, RunSpec], params_dir: Path = PARAMS_DIR,
+                 awaiting: dict[str, list[str]] | None = None) -> Table:
+    """The table's cells and their runs (added to `runs`). A fair cell whose tuned settings are not written yet
+    is left out, and recorded in `awaiting` (tuned file -> cells)."""
     axes = {name: table.axis(name).bundles() for name in table.rows + table.columns}
     seeds = table.seeds or profile.table_seeds.get(table.name) or profile.seeds
     cells = []
@@ -421,12 +475,19 @@ def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
         facts: dict[str, Any] = {}
         for seed in seeds:
             source = f"params/tables/{table.name}.yaml [{', '.join(f'{k}={v}' for k, v in labels.items())}, seed {seed}]"
-            config, facts = resolve(profile, methods, table, settings, seed, source, params_dir)
+            try:
+                config, facts = resolve(profile, methods, table, settings, seed, source, params_dir)
+            except AwaitingTuning as e:  # the cell waits for its tune job (the same file for every seed)
+                if awaiting is not None:
+                    awaiting.setdefault(str(e.path), []).append(f"{table.name} [{', '.join(f'{k}={v}' for k, v in labels.items())}]")
+                break
             rid = run_id(config)
             spec = runs.setdefault(rid, RunSpec(rid, config, tags=run_tags(facts)))
             if table.name not in spec.tables:
                 spec.tables.append(table.name)
             ids.append(rid)
+        if not ids:
+            continue
         paper = {"dataset": facts["dataset"], "method": facts["method"], **paper}
         cells.append(Cell(labels, facts, paper, ids))
     return Table(table, cells)
@@ -451,5 +512,7 @@ def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR, use_tu
     methods = load_methods(params_dir)
     names = profile.tables or sorted(p.stem for p in (params_dir / "tables").glob("*.yaml"))
     runs: dict[str, RunSpec] = {}
-    tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs, params_dir) for name in names}
-    return Grid(profile, methods, runs, tables)
+    awaiting: dict[str, list[str]] = {}
+    tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs, params_dir, awaiting)
+              for name in names}
+    return Grid(profile, methods, runs, tables, awaiting, Path(params_dir))

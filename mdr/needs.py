@@ -98,7 +98,19 @@ def summary(grid) -> str:
 def announce(grid) -> list[str]:
     """What the Snakefile prints when it parses: for a GPU profile its needs, then what is missing here."""
     head = [f"note: {summary(grid)}"] if needs(grid).gpus else []
-    return head + [f"warning: {line}" for line in missing(grid)]
+    return head + [f"warning: {line}" for line in missing(grid)] + awaiting_tuning(grid)
+
+
+def awaiting_tuning(grid) -> list[str]:
+    """A line when fair cells wait for their tuned settings: this invocation runs their tune jobs, the next one
+    trains the fair runs (their ids hash the tuned values, so they exist only once the values do)."""
+    if not grid.awaiting_tuning:
+        return []
+    files = sorted(os.path.relpath(f) for f in grid.awaiting_tuning)
+    cells = sum(len(v) for v in grid.awaiting_tuning.values())
+    return [f"note: {cells} fair cells wait for their tuned settings ({len(files)} files: {', '.join(files[:3])}"
+            f"{', ...' if len(files) > 3 else ''}): this invocation runs their tune jobs and leaves those cells out; "
+            f"run the same command again afterwards to train, evaluate and report them"]
 
 
 def require_gpu(grid, config, allow_cpu: bool) -> None:

@@ -132,13 +132,32 @@ def test_a_published_run_reports_what_training_kept_as_before(tiny_data, tmp_pat
         assert metrics[which] == expected
 
 
-def _params(root, tables):
+REGULARIZERS = ("none", "l2norm", "mdr", "detreg", "lsd", "guided")
+# what the tests' tuned files set: one regularizer knob per method with one (values no profile default has)
+TUNED_KNOB = {"mdr": {"weight": 0.123}, "detreg": {"weight": 0.0042}, "lsd": {"alpha": 77.0}, "guided": {"beta": 0.0123}}
+
+
+def _write_tuned(params, margin=0.31, datasets=("cub200", "cars196"), regularizers=REGULARIZERS):
+    """Tuned files as `pipeline tune` writes them (their shape: mdr/tuning/outputs.py), with known values."""
+    folder = params / "tuned" / "smoke"
+    shutil.rmtree(folder, ignore_errors=True)  # the committed ones are not this test's
+    folder.mkdir(parents=True)
+    for dataset in datasets:
+        for reg in regularizers:
+            doc = {"profile": "smoke", "dataset": dataset, "regularizer": {"name": reg, "params": TUNED_KNOB.get(reg, {})},
+                   "loss": {"name": "triplet", "params": {"margin": margin}}}
+            (folder / f"{dataset}-{reg}.yaml").write_text(yaml.safe_dump(doc))
+
+
+def _params(root, tables, tuned=True):
     dst = root / "params"
     shutil.copytree(PARAMS_DIR, dst)
     path = dst / "profiles" / "smoke.yaml"
     profile = yaml.safe_load(path.read_text())
     profile["tables"] = tables
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    if tuned:
+        _write_tuned(dst)
     return dst, path, profile
 
 
@@ -171,6 +190,45 @@ def test_the_protocols_table_adds_only_its_fair_runs_to_the_smoke_profile(tmp_pa
     assert len(new) == 2 * 6 * 3 and all(grid.runs[rid].config.eval.protocol == "fair" for rid in new)
     published = {rid for cell in table.cells if cell.labels["protocol"] == "published" for rid in cell.run_ids}
     assert published <= theirs and len(published) == 2 * 6 * 3
+
+
+def test_fair_runs_read_their_tuned_files_and_published_runs_do_not(tmp_path):
+    params, _, _ = _params(tmp_path, ["protocols", "regularizers"])
+    grid = load_grid("smoke", params, use_tuned=False)
+    for cell in grid.tables["protocols"].cells:
+        reg, fair = cell.labels["regularizer"], cell.labels["protocol"] == "fair"
+        for rid in cell.run_ids:
+            config = grid.runs[rid].config
+            assert (config.loss.params["margin"] == 0.31) == fair  # the tuned margin, fair runs only
+            for knob, value in TUNED_KNOB.get(reg, {}).items():
+                assert (config.regularizer.params[knob] == value) == fair
+            assert grid.tuned_input(rid) == (str(params / "tuned" / "smoke" / f"{cell.labels['dataset']}-{reg}.yaml")
+                                             if fair else None)
+    # the run id hashes the tuned values: another tuned margin is another run, never a silently reused one
+    before = {rid for c in grid.tables["protocols"].cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
+    _write_tuned(params, margin=0.32)
+    after = load_grid("smoke", params, use_tuned=False)
+    again = {rid for c in after.tables["protocols"].cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
+    assert len(again) == len(before) == 36 and not again & before
+    assert len(after.fair_tuned_files()) == 12 and not after.awaiting_tuning
+
+
+def test_a_fair_cell_waits_for_its_tuned_file_and_the_dag_says_so(tmp_path):
+    from mdr.needs import announce
+
+    params, _, _ = _params(tmp_path, ["protocols"], tuned=False)
+    _write_tuned(params, datasets=("cub200",))
+    grid = load_grid("smoke", params, use_tuned=False)
+    cells = {(c.labels["dataset"], c.labels["protocol"]) for c in grid.tables["protocols"].cells}
+    assert ("cars196", "fair") not in cells and {("cub200", "fair"), ("cars196", "published")} <= cells
+    missing = {str(params / "tuned" / "smoke" / f"cars196-{r}.yaml") for r in REGULARIZERS}
+    assert set(grid.awaiting_tuning) == missing and all(len(v) == 1 for v in grid.awaiting_tuning.values())
+    assert missing < set(grid.fair_tuned_files()) and len(grid.fair_tuned_files()) == 12  # `all` asks for all 12
+    notes = [line for line in announce(grid) if "wait for their tuned settings" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: 6 fair cells wait for their tuned settings (6 files: ")
+    assert "run the same command again afterwards" in notes[0]
+    _write_tuned(params)
+    assert not load_grid("smoke", params, use_tuned=False).awaiting_tuning
 
 
 def _comparison(first, dataset, protocol, diff, low, high, metric="recall_at_1"):

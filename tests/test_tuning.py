@@ -12,6 +12,7 @@ import optuna
 import pytest
 import yaml
 
+from mdr.config import ConfigError
 from mdr.data.registry import prepared_dir
 from mdr.engine import NonFiniteLossError
 from mdr.grid import PARAMS_DIR, load_grid, tuned_file
@@ -80,7 +81,8 @@ class FakeTrain:
         history = []
         for epoch in (1, 2, 3):
             record = {"epoch": epoch, "loss": 1.0 / epoch,
-                      "recall_at_1": epoch / 3 / (1 + abs(config.regularizer.params.get("weight", 0.3) - 0.3))}
+                      "recall_at_1": epoch / 3 / (1 + abs(config.regularizer.params.get("weight", 0.3) - 0.3))
+                      / (1 + abs(config.loss.params["margin"] - 0.35))}  # best at margin 0.35 (not the untuned 0.2)
             history.append(record)
             for cb in callbacks:
                 cb.on_epoch_end(record)
@@ -119,7 +121,9 @@ def test_search_space_builds_symmetric_levels():
         study.tell(trial, 0.0)
     paper = spec.profiles["paper"].datasets
     assert {d: paper[d].validation_classes for d in paper} == {"cub200": 20, "cars196": 20, "sop": 1000, "inshop": 400}
-    assert spec.profiles["smoke"].datasets["cub200"].validation_classes == 20
+    # smoke: the fair runs' share of the embedded benchmarks' training classes (10 of 50, 50 of 600 and 500)
+    smoke = spec.profiles["smoke"].datasets
+    assert {d: smoke[d].validation_classes for d in smoke} == {"cub200": 10, "cars196": 10, "sop": 50, "inshop": 50}
 
 
 def test_validation_never_touches_test_classes(params):
@@ -219,8 +223,52 @@ def test_another_regularizer_is_tuned_into_its_own_file_and_only_its_runs_use_it
 
 
 def test_a_method_without_a_search_space_is_refused_by_name(params):
+    tuning = yaml.safe_load((params / "tuning.yaml").read_text())
+    del tuning["search_spaces"]["none"]
+    (params / "tuning.yaml").write_text(yaml.safe_dump(tuning))
     with pytest.raises(Exception, match="Triplet.*regularizer 'none'.*no search space"):
         make_context("tiny", "cub200", params, method="Triplet")
+
+
+def test_the_baseline_is_tuned_on_its_loss_knob_with_the_same_budget_and_the_grid_applies_it(params):
+    """Regularizer none has no knob: its study searches the triplet margin alone (the fair protocol's baselines),
+    starts from the untuned margin, and the tuned file's loss.params reach the runs of that loss."""
+    tuning = yaml.safe_load((params / "tuning.yaml").read_text())
+    tuning["loss_search_spaces"] = {"triplet": {"margin": {"type": "float", "low": 0.05, "high": 0.5}}}
+    (params / "tuning.yaml").write_text(yaml.safe_dump(tuning))
+    ctx = make_context("tiny", "cub200", params, method="Triplet")
+    assert list(ctx.space) == ["loss.margin"] and ctx.untuned_params() == {"loss.margin": 0.2}
+    assert list(make_context("tiny", "cub200", params, method="Triplet+MDR").space)[-1] == "loss.margin"
+    result = tune("tiny", "cub200", n_trials=3, params_dir=params, echo=None, train_fn=FakeTrain(), method="Triplet")
+    trials = result.study.trials
+    assert len(trials) == 3 and trials[0].params == {"loss.margin": 0.2} and trials[0].user_attrs["baseline"]
+    assert all(t.user_attrs["loss_params"] == {"margin": t.params["loss.margin"]} for t in trials)
+    doc = yaml.safe_load(tuned_file(params, "tiny", "cub200", "none").read_text())
+    best = result.study.best_trial
+    assert doc["regularizer"] == {"name": "none", "params": {}}
+    assert doc["loss"] == {"name": "triplet", "params": {"margin": best.params["loss.margin"]}}
+    tuned = load_grid("tiny", params, use_tuned=True)
+    margins = {s.config.regularizer.name: s.config.loss.params["margin"] for s in tuned.runs.values()}
+    assert best.params["loss.margin"] != 0.2  # the fake's optimum is 0.35: a trial beat the untuned margin
+    assert margins["none"] == best.params["loss.margin"] and margins["mdr"] == 0.2  # MDR's study is not this one
+
+
+def test_a_study_refuses_validation_classes_other_than_the_fair_runs_hold_out(params):
+    """The tuned values are chosen for the fair runs: a study on another split of the training classes would choose
+    them on classes those runs train on. One line naming both files, both numbers and the fix."""
+    path = params / "profiles" / "tiny.yaml"
+    profile = yaml.safe_load(path.read_text())
+    profile["overrides"].append({"when": {"protocol": "fair"}, "set": {"data.validation_classes": 4}})
+    path.write_text(yaml.safe_dump(profile))
+    with pytest.raises(ConfigError) as raised:
+        make_context("tiny", "cub200", params)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{params / 'tuning.yaml'}: ")
+    assert "profiles.tiny.datasets.cub200.validation_classes is 3" in message and "hold out 4" in message
+    assert str(path) in message and "set both to the same number" in message
+    profile["overrides"][-1]["set"]["data.validation_classes"] = 3  # the fix: the same number
+    path.write_text(yaml.safe_dump(profile))
+    assert make_context("tiny", "cub200", params).validation_classes == 3
 
 
 def test_a_diverging_trial_is_marked_failed_and_the_study_goes_on(params):

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mdr.config import ConfigError, RunConfig, validate_run_config
-from mdr.grid import PARAMS_DIR, TableDef, load_methods, load_profile, resolve, set_path
+from mdr.grid import PARAMS_DIR, TableDef, load_methods, load_profile, override_setting, resolve, set_path
+from mdr.tuning.space import LOSS_PREFIX
 from mdr.tuning.spec import TUNING_FILE, Distribution, ProfileTuning, TuningSpec, load_tuning
 
 STORE_DIR = Path("optuna")
@@ -35,7 +36,15 @@ class TuningContext:
 
     @property
     def space(self) -> dict[str, Distribution]:
-        return self.spec.search_spaces[self.regularizer]
+        """The regularizer's search space and the base loss's (as `loss.<name>`), searched together."""
+        loss = self.spec.loss_search_spaces.get(self.base.loss.name, {})
+        return {**self.spec.search_spaces[self.regularizer], **{f"{LOSS_PREFIX}{k}": d for k, d in loss.items()}}
+
+    def untuned_params(self) -> dict[str, Any]:
+        """The base config's values of what the space searches: the regularizer's params (all of them: the
+        space may search a function of some, as mdr's levels) and the loss's as `loss.<name>`."""
+        loss = self.spec.loss_search_spaces.get(self.base.loss.name, {})
+        return {**self.base.regularizer.params, **{f"{LOSS_PREFIX}{k}": self.base.loss.params[k] for k in loss}}
 
     @property
     def validation_classes(self) -> int:
@@ -99,6 +108,13 @@ def make_context(profile: str, dataset: str, params_dir: Path = PARAMS_DIR, stor
                           f"(tunable: {', '.join(settings.datasets)})")
     method = method or spec.method
     base, facts = method_config(profile, dataset, method, 0, params_dir)
+    fair = override_setting(load_profile(profile, params_dir), {**facts, "protocol": "fair"}, "data.validation_classes")
+    held_out = settings.datasets[dataset].validation_classes
+    if fair is not None and fair != held_out:
+        raise ConfigError(f"{params_dir / TUNING_FILE}: profiles.{profile}.datasets.{dataset}.validation_classes is "
+                          f"{held_out}, but the fair runs of {method} on {dataset} hold out {fair} "
+                          f"({params_dir / 'profiles' / f'{profile}.yaml'}, `when: {{protocol: fair}}`); the tuned values must be "
+                          f"chosen on the fair runs' validation classes: set both to the same number")
     regularizer = facts["regularizer"]
     if regularizer not in spec.search_spaces:
         raise ConfigError(f"{params_dir / TUNING_FILE}: method {method} uses regularizer {regularizer!r}, "
@@ -108,13 +124,15 @@ def make_context(profile: str, dataset: str, params_dir: Path = PARAMS_DIR, stor
                          study_name or f"{profile}-{dataset}-{regularizer}", method)
 
 
-def trial_config(ctx: TuningContext, reg_params: dict[str, Any], seed: int = 0) -> RunConfig:
-    """The base config with the trial's regularizer params, the held-out validation classes and the
+def trial_config(ctx: TuningContext, reg_params: dict[str, Any], seed: int = 0,
+                 loss_params: dict[str, Any] | None = None) -> RunConfig:
+    """The base config with the trial's regularizer and loss params, the held-out validation classes and the
     profile's trial-only settings."""
     data = ctx.base.model_dump(mode="json")
     for dotted, value in ctx.settings.set.items():
         set_path(data, dotted, value)
     data["regularizer"]["params"].update(reg_params)
+    data["loss"]["params"].update(loss_params or {})
     data["data"]["validation_classes"] = ctx.validation_classes
     data["seed"] = seed
     config = validate_run_config(data, f"tuning trial ({ctx.profile}/{ctx.dataset})")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from mdr.config import RunConfig
 from mdr.tuning.context import TuningContext, trial_config
-from mdr.tuning.space import regularizer_params, suggest
+from mdr.tuning.space import loss_params, regularizer_params, suggest
 from mdr.tuning.spec import TrialFailed
 from mdr.tuning.tracking import TrialTracker
 
@@ -88,10 +88,11 @@ class Objective:
 
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         sampled = suggest(trial, self.ctx.space)
-        params = regularizer_params(self.ctx.regularizer, sampled)
+        params, loss = regularizer_params(self.ctx.regularizer, sampled), loss_params(sampled)
         trial.set_user_attr("regularizer_params", params)
+        trial.set_user_attr("loss_params", loss)
         try:
-            config = trial_config(self.ctx, params)
+            config = trial_config(self.ctx, params, loss_params=loss)
         except Exception as e:  # a FAIL without `failure` would count as interrupted and be retried forever
             trial.set_user_attr("failure", f"{type(e).__name__}: {e}")
             raise

@@ -13,7 +13,7 @@ import yaml
 
 from mdr.grid import tuned_file
 from mdr.tuning.context import TuningContext
-from mdr.tuning.space import regularizer_params
+from mdr.tuning.space import loss_params, regularizer_params
 from mdr.tuning.trials import _state, is_interrupted, trial_counts
 
 
@@ -27,6 +27,7 @@ def tuned_document(ctx: TuningContext, study: Any) -> dict[str, Any] | None:
         return None
     counts = trial_counts(study)
     params = best.user_attrs.get("regularizer_params") or regularizer_params(ctx.regularizer, best.params)
+    loss = best.user_attrs.get("loss_params") or loss_params(best.params)
     baseline = next((t for t in study.get_trials(deepcopy=False)
                      if t.user_attrs.get("baseline") and _state(t) == "COMPLETE"), None)
     return {
@@ -35,6 +36,7 @@ def tuned_document(ctx: TuningContext, study: Any) -> dict[str, Any] | None:
         "trained_on": ctx.base.data.dataset,
         "method": ctx.method,
         "regularizer": {"name": ctx.regularizer, "params": params},
+        **({"loss": {"name": ctx.base.loss.name, "params": loss}} if loss else {}),
         "search": dict(best.params),
         "study": {
             "name": ctx.study_name,
@@ -59,7 +61,8 @@ def write_outputs(ctx: TuningContext, study: Any) -> dict[str, Path]:
         header = (f"# Tuned {ctx.regularizer} settings for {ctx.dataset} in profile {ctx.profile}, written by\n"
                   f"# `python -m pipeline tune --profile {ctx.profile} --dataset {ctx.dataset} --method {ctx.method}` (study {ctx.study_name}).\n"
                   f"# Selected on {ctx.validation_classes} held-out training classes, never on test classes.\n"
-                  f"# The grid applies regularizer.params when use_tuned is on.\n")
+                  f"# The grid applies regularizer.params (and loss.params to runs of this loss) to the runs of\n"
+                  f"# eval.protocol fair, and to every run when use_tuned is on.\n")
         atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
         out["tuned"] = path
     ctx.results_dir.mkdir(parents=True, exist_ok=True)
@@ -123,11 +126,13 @@ def summary_markdown(ctx: TuningContext, study: Any, doc: dict[str, Any] | None)
     if doc is not None:
         s = doc["study"]
         base = s.get("baseline_validation_recall_at_1")
+        best = {**doc["regularizer"]["params"], **{f"loss.{k}": v for k, v in doc.get("loss", {}).get("params", {}).items()}}
+        default = {**ctx.base.regularizer.params, **{f"loss.{k}": v for k, v in ctx.base.loss.params.items()}}
         lines += [f"**Best**: trial {s['best_trial']}, validation R@1 {100 * s['best_validation_recall_at_1']:.2f} "
-                  f"(epoch {s['best_epoch']}): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in doc["regularizer"]["params"].items())
+                  f"(epoch {s['best_epoch']}): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in best.items())
                   + (f". The untuned defaults (the baseline trial): {100 * base:.2f}." if base is not None else "."),
                   f"Written to `{tuned_file(Path('params'), ctx.profile, ctx.dataset, ctx.regularizer)}`; the default is "
-                  + ", ".join(f"{k} = {_fmt(ctx.base.regularizer.params.get(k))}" for k in doc["regularizer"]["params"]) + ".", ""]
+                  + ", ".join(f"{k} = {_fmt(default.get(k))}" for k in best) + ".", ""]
     lines += [f"![optimization history]({ctx.stem}-history.png) ![parameter importances]({ctx.stem}-importances.png)", "",
               "val R@1: a complete trial's best validation Recall@1 (at `epoch`); in brackets, the last value a pruned "
               "or failed trial reported. Levels: `num_levels` levels `spacing` apart, symmetric around 0.", "",

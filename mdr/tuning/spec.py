@@ -74,6 +74,9 @@ class ProfileTuning(Strict):
 class TuningSpec(Strict):
     method: str
     search_spaces: dict[str, dict[str, Distribution]]
+    # the base loss's knobs, searched together with the regularizer's (the trial's params `loss.<name>`), so
+    # that a baseline (regularizer none) gets the same search and the same budget as a regularized method
+    loss_search_spaces: dict[str, dict[str, Distribution]] = Field(default_factory=dict)
     profiles: dict[str, ProfileTuning]
 
 

@@ -15,7 +15,7 @@ from mdr.grid import PARAMS_DIR
 from mdr.tuning.context import TuningContext, make_context
 from mdr.tuning.objective import Objective, TrainFn
 from mdr.tuning.outputs import _fmt, write_outputs
-from mdr.tuning.space import baseline_point, regularizer_params
+from mdr.tuning.space import LOSS_PREFIX, baseline_point, loss_params, regularizer_params
 from mdr.tuning.spec import TrialFailed, TuningError
 from mdr.tuning.storage import _hide_password, open_study
 from mdr.tuning.trials import (_state, close_orphaned_mlflow_runs, fail_orphaned_trials, is_interrupted,
@@ -28,7 +28,8 @@ def _trial_line(study: Any, number: int, n_total: int) -> str:
     t = study.get_trials(deepcopy=False)[number]
     counts = trial_counts(study)
     state = "INTERRUPTED" if is_interrupted(t) else _state(t)
-    params = t.user_attrs.get("regularizer_params", {})
+    params = {**t.user_attrs.get("regularizer_params", {}),
+              **{f"{LOSS_PREFIX}{k}": v for k, v in t.user_attrs.get("loss_params", {}).items()}}
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in params.items())
     line = f"[{study.study_name}] trial {t.number} {state}"
     if state == "COMPLETE":
@@ -119,7 +120,8 @@ def tune(profile: str, dataset: str, *, n_trials: int | None = None, storage: st
     if requeued:
         say(f"[{ctx.study_name}] interrupted trials {requeued}: their parameters are queued again")
     if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
-        point = baseline_point(ctx.regularizer, {k: ctx.base.regularizer.params[k] for k in _param_names(ctx)}, ctx.space)
+        untuned = ctx.untuned_params()
+        point = baseline_point(ctx.regularizer, {k: untuned[k] for k in _param_names(ctx)}, ctx.space)
         if point is not None:  # the untuned config runs first: the study compares with it on validation
             study.enqueue_trial(point, user_attrs={"baseline": True})
     counts = trial_counts(study)
@@ -159,8 +161,10 @@ def tune(profile: str, dataset: str, *, n_trials: int | None = None, storage: st
 
 
 def _param_names(ctx: TuningContext) -> list[str]:
-    sample = regularizer_params(ctx.regularizer, {k: (d.low if d.type == "float" else int(d.low)) for k, d in ctx.space.items()})
-    return [k for k in sample if k in ctx.base.regularizer.params]
+    """The untuned params that the space searches (mdr's levels stand for its num_levels and spacing)."""
+    low = {k: (d.low if d.type == "float" else int(d.low)) for k, d in ctx.space.items()}
+    sample = {**regularizer_params(ctx.regularizer, low), **{f"{LOSS_PREFIX}{k}": v for k, v in loss_params(low).items()}}
+    return [k for k in sample if k in ctx.untuned_params()]
 
 
 def _guarded_init_store(ctx: TuningContext) -> None:

@@ -153,6 +153,18 @@ def test_paper_profile_dry_run_lists_every_job(tmp_path):
     assert counts["aggregate_table"] + counts["aggregate_figure"] == len(grid.tables)
 
 
+def test_a_tuned_file_asked_for_by_its_relative_path_plans_its_tune_job(tmp_path):
+    # PARAMS_DIR is absolute; Snakemake matches targets by spelling, so the Snakefile names it relative
+    shutil.copytree(PARAMS_DIR, tmp_path / "params")
+    target = "params/tuned/smoke/cub200-mdr.yaml"
+    (tmp_path / target).unlink()
+    result = run(SNAKEMAKE + ["-n", "--cores", "1", "-d", str(tmp_path), target], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["tune"] == 1 and "train" not in counts, result.stdout[-2000:]
+
+
 def test_a_yaml_syntax_error_in_tuning_yaml_stops_snakemake_in_one_line_naming_file_and_line(tmp_path):
     params = tiny_params(tmp_path / "params")
     text = (params / "tuning.yaml").read_text().splitlines()
