@@ -301,13 +301,20 @@ def tune_prepared_marker(wildcards):
     return str(prepared_dir(c.root, c.dataset, c.image_size) / "READY")
 
 
+def tune_inputs(wildcards):
+    # A tuned file that exists has no inputs: Snakemake reruns a job whose inputs another job of the DAG
+    # updates, ancient() or not, so declaring the data would tune again on every fresh clone, where the data
+    # is prepared anew. To tune again, delete the file: then its data, tracking and weights come first.
+    if os.path.exists(in_workdir(tuned_file(PARAMS_DIR, PROFILE, wildcards.dataset, wildcards.regularizer))):
+        return {}
+    return {"data": tune_prepared_marker(wildcards), "tracking": str(layout.tracking_ready(PROFILE)),
+            "weights": weights_made_here_for_tuning(wildcards)}
+
+
 rule tune:
-    # Its inputs are ancient: a tuned file is remade when missing or asked for (`--forcerun tune`), not because
-    # the data it was tuned on was prepared again (the smoke profile's tuned files are committed; docs/protocols.md).
+    # a tuned file is made when it is missing (the smoke profile's are committed; docs/protocols.md)
     input:
-        data=lambda w: ancient(tune_prepared_marker(w)),
-        tracking=ancient(str(layout.tracking_ready(PROFILE))),
-        weights=lambda w: [ancient(f) for f in weights_made_here_for_tuning(w)],
+        unpack(tune_inputs),
     # params/tuned/<profile>/<dataset>-<regularizer>.yaml; the method is the tuning method's loss with that
     # regularizer (mdr -> Triplet+MDR, lsd -> Triplet+LSD, ...)
     output:

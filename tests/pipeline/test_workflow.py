@@ -153,16 +153,26 @@ def test_paper_profile_dry_run_lists_every_job(tmp_path):
     assert counts["aggregate_table"] + counts["aggregate_figure"] == len(grid.tables)
 
 
-def test_a_tuned_file_asked_for_by_its_relative_path_plans_its_tune_job(tmp_path):
-    # PARAMS_DIR is absolute; Snakemake matches targets by spelling, so the Snakefile names it relative
+def _job_counts(stdout: str) -> dict[str, int]:
+    return {line.split()[0]: int(line.split()[1]) for line in stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_committed_tuned_files_are_not_tuned_again_and_a_deleted_one_is(tmp_path):
+    # a fresh clone prepares its data anew; the committed tuned files must not be remade for that (Snakemake
+    # reruns a job whose inputs another job updates, ancient or not), and a missing one is made after its data
     shutil.copytree(PARAMS_DIR, tmp_path / "params")
-    target = "params/tuned/smoke/cub200-mdr.yaml"
+    fresh = run(SNAKEMAKE + ["-n", "--cores", "1", "-d", str(tmp_path), "tune_fair"], tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "tune" not in _job_counts(fresh.stdout) and "prepare" not in _job_counts(fresh.stdout), fresh.stdout[-2000:]
+    target = "params/tuned/smoke/cub200-mdr.yaml"  # relative, as a user types it (PARAMS_DIR is absolute)
     (tmp_path / target).unlink()
     result = run(SNAKEMAKE + ["-n", "--cores", "1", "-d", str(tmp_path), target], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["tune"] == 1 and "train" not in counts, result.stdout[-2000:]
+    counts = _job_counts(result.stdout)
+    # its data first: glyphs-cub, and glyphs-imagenet for the pretrained start
+    assert counts["tune"] == 1 and counts["prepare"] == 2 and counts["pretrain"] == 1, result.stdout[-2000:]
+    assert "train" not in counts, result.stdout[-2000:]
 
 
 def test_a_yaml_syntax_error_in_tuning_yaml_stops_snakemake_in_one_line_naming_file_and_line(tmp_path):
