@@ -5,6 +5,7 @@
 import json
 import math
 import os
+import re
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -302,13 +303,16 @@ def tune_prepared_marker(wildcards):
 
 
 def tune_inputs(wildcards):
-    # A tuned file that exists has no inputs: Snakemake reruns a job whose inputs another job of the DAG
-    # updates, ancient() or not, so declaring the data would tune again on every fresh clone, where the data
-    # is prepared anew. To tune again, delete the file: then its data, tracking and weights come first.
-    if os.path.exists(in_workdir(tuned_file(PARAMS_DIR, PROFILE, wildcards.dataset, wildcards.regularizer))):
-        return {}
     return {"data": tune_prepared_marker(wildcards), "tracking": str(layout.tracking_ready(PROFILE)),
             "weights": weights_made_here_for_tuning(wildcards)}
+
+
+# A tuned file that exists is a source, not an output: rule tune's pattern leaves it out. Snakemake reruns a job
+# whose inputs another job of the DAG remakes, ancient() or not (a fresh clone prepares its data anew), and
+# reruns a job whose set of inputs changed since its last run, so neither ancient inputs nor declaring none for
+# an existing file keeps the committed studies from being tuned again. To tune again, delete the file.
+_TUNED_HERE = sorted(p.stem for p in tuned_file(PARAMS_DIR, PROFILE, "x", "y").parent.glob("*.yaml"))
+_NOT_TUNED_YET = "(?!(?:" + "|".join(re.escape(n) for n in _TUNED_HERE) + r")\.yaml$)" if _TUNED_HERE else ""
 
 
 rule tune:
@@ -320,7 +324,7 @@ rule tune:
     output:
         in_workdir(tuned_file(PARAMS_DIR, PROFILE, "{dataset}", "{regularizer}")),
     wildcard_constraints:
-        dataset="[^/-]+",
+        dataset=_NOT_TUNED_YET + "[^/-]+",
     params:
         method=lambda w: method_for(w.regularizer),
         settings=lambda w: json.dumps(
