@@ -11,7 +11,7 @@ from typing import Any
 
 from mdr.config import ConfigError, RunConfig, validate_run_config
 from mdr.grid import PARAMS_DIR, TableDef, load_methods, load_profile, override_setting, resolve, set_path
-from mdr.tuning.space import LOSS_PREFIX
+from mdr.tuning.space import loss_keys
 from mdr.tuning.spec import TUNING_FILE, Distribution, ProfileTuning, TuningSpec, load_tuning
 
 STORE_DIR = Path("optuna")
@@ -38,13 +38,13 @@ class TuningContext:
     def space(self) -> dict[str, Distribution]:
         """The regularizer's search space and the base loss's (as `loss.<name>`), searched together."""
         loss = self.spec.loss_search_spaces.get(self.base.loss.name, {})
-        return {**self.spec.search_spaces[self.regularizer], **{f"{LOSS_PREFIX}{k}": d for k, d in loss.items()}}
+        return {**self.spec.search_spaces[self.regularizer], **loss_keys(loss)}
 
     def untuned_params(self) -> dict[str, Any]:
         """The base config's values of what the space searches: the regularizer's params (all of them: the
         space may search a function of some, as mdr's levels) and the loss's as `loss.<name>`."""
         loss = self.spec.loss_search_spaces.get(self.base.loss.name, {})
-        return {**self.base.regularizer.params, **{f"{LOSS_PREFIX}{k}": self.base.loss.params[k] for k in loss}}
+        return {**self.base.regularizer.params, **loss_keys({k: self.base.loss.params[k] for k in loss})}
 
     @property
     def validation_classes(self) -> int:

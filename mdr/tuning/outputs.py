@@ -13,7 +13,7 @@ import yaml
 
 from mdr.grid import tuned_file
 from mdr.tuning.context import TuningContext
-from mdr.tuning.space import loss_params, regularizer_params
+from mdr.tuning.space import loss_keys, loss_params, regularizer_params
 from mdr.tuning.trials import _state, is_interrupted, trial_counts
 
 
@@ -126,8 +126,8 @@ def summary_markdown(ctx: TuningContext, study: Any, doc: dict[str, Any] | None)
     if doc is not None:
         s = doc["study"]
         base = s.get("baseline_validation_recall_at_1")
-        best = {**doc["regularizer"]["params"], **{f"loss.{k}": v for k, v in doc.get("loss", {}).get("params", {}).items()}}
-        default = {**ctx.base.regularizer.params, **{f"loss.{k}": v for k, v in ctx.base.loss.params.items()}}
+        best = {**doc["regularizer"]["params"], **loss_keys(doc.get("loss", {}).get("params", {}))}
+        default = {**ctx.base.regularizer.params, **loss_keys(ctx.base.loss.params)}
         lines += [f"**Best**: trial {s['best_trial']}, validation R@1 {100 * s['best_validation_recall_at_1']:.2f} "
                   f"(epoch {s['best_epoch']}): " + ", ".join(f"{k} = {_fmt(v)}" for k, v in best.items())
                   + (f". The untuned defaults (the baseline trial): {100 * base:.2f}." if base is not None else "."),

@@ -21,6 +21,11 @@ def symmetric_levels(num_levels: int, spacing: float) -> list[float]:
 LOSS_PREFIX = "loss."  # a search-space entry of the base loss (params/tuning.yaml loss_search_spaces)
 
 
+def loss_keys(params: dict[str, Any]) -> dict[str, Any]:
+    """The base loss's params as search-space entries ({'margin': 0.3} -> {'loss.margin': 0.3})."""
+    return {f"{LOSS_PREFIX}{k}": v for k, v in params.items()}
+
+
 def loss_params(sampled: dict[str, Any]) -> dict[str, Any]:
     """A trial's sampled values -> the base loss's params ({'loss.margin': 0.3} -> {'margin': 0.3})."""
     return {k[len(LOSS_PREFIX):]: v for k, v in sampled.items() if k.startswith(LOSS_PREFIX)}

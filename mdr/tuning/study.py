@@ -15,7 +15,7 @@ from mdr.grid import PARAMS_DIR
 from mdr.tuning.context import TuningContext, make_context
 from mdr.tuning.objective import Objective, TrainFn
 from mdr.tuning.outputs import _fmt, write_outputs
-from mdr.tuning.space import LOSS_PREFIX, baseline_point, loss_params, regularizer_params
+from mdr.tuning.space import baseline_point, loss_keys, loss_params, regularizer_params
 from mdr.tuning.spec import TrialFailed, TuningError
 from mdr.tuning.storage import _hide_password, open_study
 from mdr.tuning.trials import (_state, close_orphaned_mlflow_runs, fail_orphaned_trials, is_interrupted,
@@ -28,8 +28,7 @@ def _trial_line(study: Any, number: int, n_total: int) -> str:
     t = study.get_trials(deepcopy=False)[number]
     counts = trial_counts(study)
     state = "INTERRUPTED" if is_interrupted(t) else _state(t)
-    params = {**t.user_attrs.get("regularizer_params", {}),
-              **{f"{LOSS_PREFIX}{k}": v for k, v in t.user_attrs.get("loss_params", {}).items()}}
+    params = {**t.user_attrs.get("regularizer_params", {}), **loss_keys(t.user_attrs.get("loss_params", {}))}
     shown = ", ".join(f"{k} {_fmt(v)}" for k, v in params.items())
     line = f"[{study.study_name}] trial {t.number} {state}"
     if state == "COMPLETE":
@@ -163,7 +162,7 @@ def tune(profile: str, dataset: str, *, n_trials: int | None = None, storage: st
 def _param_names(ctx: TuningContext) -> list[str]:
     """The untuned params that the space searches (mdr's levels stand for its num_levels and spacing)."""
     low = {k: (d.low if d.type == "float" else int(d.low)) for k, d in ctx.space.items()}
-    sample = {**regularizer_params(ctx.regularizer, low), **{f"{LOSS_PREFIX}{k}": v for k, v in loss_params(low).items()}}
+    sample = {**regularizer_params(ctx.regularizer, low), **loss_keys(loss_params(low))}
     return [k for k in sample if k in ctx.untuned_params()]
 
 
