@@ -4,9 +4,14 @@ PY := $(VENV)/bin/python
 CORES ?= all
 PROFILE ?= smoke
 
-.PHONY: setup reproduce paper test lint clean-runs
+.PHONY: setup setup-test reproduce test clean-runs
 
+# Two stamps: `make reproduce` installs the package alone; `make test` adds the test tools and the cluster
+# executor plugins the SLURM and Kubernetes tests drive. Snakemake imports every installed executor plugin at
+# each start (about 1 s of a no-op rerun here), so a machine that only reproduces does not carry them; a
+# cluster user installs them with `pip install -e '.[cluster]'` (README, Cluster).
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 # A new .venv takes about 6.5 GiB: torch 2.14.1 is pinned (pyproject.toml) and its build brings the
 # CUDA libraries. Check for room first, so a full disk is one message and not a pip OSError mid-install.
@@ -27,13 +32,17 @@ export CHECK_FREE_SPACE
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || { python3 -c "$$CHECK_FREE_SPACE" && python3 -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 reproduce: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --config profile=$(PROFILE)
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean-runs:

@@ -199,6 +199,14 @@ class Table:
     cells: list[Cell]
 
 
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the Snakefile's start needs of a dataset's recipe, kept in the (cached) grid: importing the
+    recipes brings pandas, half a second of every Snakemake start, a no-op rerun included."""
+    embedded: bool  # generated here (the DAG's prepare job makes it), nothing to download
+    published_images: int  # the recipe's expected image count over all splits (0 when it states none)
+
+
 @dataclass
 class Grid:
     profile: Profile
@@ -208,6 +216,7 @@ class Grid:
     # tuned file -> the fair cells left out until it is written (its tune job: Snakemake's `tune` rule)
     awaiting_tuning: dict[str, list[str]] = field(default_factory=dict)
     params_dir: Path = PARAMS_DIR
+    dataset_facts: dict[str, DatasetFacts] = field(default_factory=dict)  # every dataset of `runs`
 
     def tuned_input(self, run: str) -> str | None:
         """The tuned file that a fair run's config was resolved with (None for a published run)."""
@@ -515,4 +524,10 @@ def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR, use_tu
     awaiting: dict[str, list[str]] = {}
     tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs, params_dir, awaiting)
               for name in names}
-    return Grid(profile, methods, runs, tables, awaiting, Path(params_dir))
+    from mdr.data.registry import get_dataset  # registered already: validating the runs imported the recipes
+
+    facts = {}
+    for d in sorted({r.config.data.dataset for r in runs.values()}):
+        recipe = get_dataset(d)
+        facts[d] = DatasetFacts(recipe.embedded, sum(recipe.expected_counts.values()))
+    return Grid(profile, methods, runs, tables, awaiting, Path(params_dir), facts)

@@ -26,11 +26,14 @@ class Needs:
     planned_hours: float | None  # at the profile's resources.minutes_per_1000_iterations, where it gives one
 
 
-def cache_bytes(dataset: str, image_size: int) -> int:
-    """The prepared image cache: every image of the published counts at S x S x 3 uint8 bytes."""
-    from mdr.data.registry import get_dataset
+def cache_bytes(dataset: str, image_size: int, published_images: int | None = None) -> int:
+    """The prepared image cache: every image of the published counts at S x S x 3 uint8 bytes (the count read
+    from the dataset's recipe unless given)."""
+    if published_images is None:
+        from mdr.data.registry import get_dataset
 
-    return sum(get_dataset(dataset).expected_counts.values()) * image_size * image_size * 3
+        published_images = sum(get_dataset(dataset).expected_counts.values())
+    return published_images * image_size * image_size * 3
 
 
 def needs(grid) -> Needs:
@@ -38,7 +41,8 @@ def needs(grid) -> Needs:
     weights = sorted({r.config.model.backbone for r in runs if r.config.model.pretrained and not r.config.model.weights})
     iterations = sum(r.config.train.epochs * r.config.train.iterations_per_epoch for r in runs)
     rate = grid.profile.resources.get("minutes_per_1000_iterations")
-    return Needs(datasets=[(d, s, cache_bytes(d, s)) for d, s in grid.datasets()], weights=weights,
+    return Needs(datasets=[(d, s, cache_bytes(d, s, grid.dataset_facts[d].published_images))
+                           for d, s in grid.datasets()], weights=weights,
                  gpus=int(grid.profile.resources.get("gpu", 0)), iterations=iterations,
                  planned_hours=iterations / 1000 * rate / 60 if rate else None)
 
@@ -58,14 +62,14 @@ def _hub_checkpoints() -> Path:
 def missing(grid) -> list[str]:
     """One line per thing the grid needs that this machine lacks; datasets the DAG makes itself (embedded) are
     not missing."""
-    from mdr.data.registry import get_dataset, prepared_dir
+    from mdr.data.registry import prepared_dir
 
     need = needs(grid)
     roots = {(r.config.data.dataset, r.config.data.image_size): r.config.data.root for r in grid.runs.values()}
     lines = []
     for dataset, size, size_bytes in need.datasets:
         folder = prepared_dir(roots[dataset, size], dataset, size)
-        if not get_dataset(dataset).embedded and not (folder / "READY").exists():
+        if not grid.dataset_facts[dataset].embedded and not (folder / "READY").exists():
             lines.append(f"prepared dataset {folder} is missing ({size_bytes / 1e9:.1f} GB of cache): the prepare "
                          f"job fetches it where it can, else `python -m pipeline prepare {dataset} --image-size "
                          f"{size} --source PATH` with your copy (README, Datasets)")
@@ -102,15 +106,17 @@ def announce(grid) -> list[str]:
 
 
 def awaiting_tuning(grid) -> list[str]:
-    """A line when fair cells wait for their tuned settings: this invocation runs their tune jobs, the next one
-    trains the fair runs (their ids hash the tuned values, so they exist only once the values do)."""
+    """A line when fair cells wait for their tuned settings: the default target (or `tune_fair`) runs their tune
+    jobs, the next invocation trains the fair runs (their ids hash the tuned values, so they exist only once the
+    values do). A narrower target runs no tune job, so the line names the one that does."""
     if not grid.awaiting_tuning:
         return []
     files = sorted(os.path.relpath(f) for f in grid.awaiting_tuning)
     cells = sum(len(v) for v in grid.awaiting_tuning.values())
     return [f"note: {cells} fair cells wait for their tuned settings ({len(files)} files: {', '.join(files[:3])}"
-            f"{', ...' if len(files) > 3 else ''}): this invocation runs their tune jobs and leaves those cells out; "
-            f"run the same command again afterwards to train, evaluate and report them"]
+            f"{', ...' if len(files) > 3 else ''}) and are left out of every table until they have them; the default "
+            f"target tunes them (or `snakemake tune_fair` alone): run the same command again afterwards to train, "
+            f"evaluate and report them"]
 
 
 def require_gpu(grid, config, allow_cpu: bool) -> None:

@@ -113,3 +113,20 @@ def test_another_profile_whose_name_extends_this_one_keeps_its_entry(tmp_path):
     stale.write_bytes(b"x")
     grid_cache._write(cache, cache / f"smoke-{'2' * grid_cache.DIGEST_LENGTH}.pickle", grid=None)
     assert other.exists() and not stale.exists()
+
+
+def test_a_cache_hit_and_the_snakefile_notes_import_neither_torch_nor_pandas(params, tmp_path):
+    """What every Snakemake start does (a no-op rerun too): a cached grid and its notes (mdr/needs.py) must not
+    import torch (seconds) nor pandas (half a second); the datasets' facts travel in the grid."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    grid_cache.load_grid("smoke", params, cache_dir=cache)  # fills the cache in this process
+    code = ("import sys\nfrom mdr import grid_cache\nfrom mdr.needs import announce\n"
+            f"grid = grid_cache.load_grid('smoke', {str(params)!r}, cache_dir={str(cache)!r})\n"
+            "announce(grid)\nprint(len(grid.runs), sorted(m for m in ('torch', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    runs, imported = done.stdout.split(" ", 1)
+    assert int(runs) > 100 and imported.strip() == "[]"

@@ -226,6 +226,7 @@ def test_a_fair_cell_waits_for_its_tuned_file_and_the_dag_says_so(tmp_path):
     assert missing < set(grid.fair_tuned_files()) and len(grid.fair_tuned_files()) == 12  # `all` asks for all 12
     notes = [line for line in announce(grid) if "wait for their tuned settings" in line]
     assert len(notes) == 1 and notes[0].startswith("note: 6 fair cells wait for their tuned settings (6 files: ")
+    assert "left out of every table" in notes[0] and "`snakemake tune_fair`" in notes[0]
     assert "run the same command again afterwards" in notes[0]
     _write_tuned(params)
     assert not load_grid("smoke", params, use_tuned=False).awaiting_tuning

@@ -19,3 +19,22 @@ def test_setup_refuses_a_disk_without_room_before_creating_anything(tmp_path):
     assert message.startswith("make setup: ") and f"GiB free in {tmp_path}," in message
     assert f"a new {venv} needs about 1000000 GiB" in message and "set VENV=" in message
     assert not venv.parent.exists()  # nothing half-installed is left behind
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no `make` on PATH; install GNU make to test the Makefile")
+def test_reproduce_installs_the_package_alone_and_test_adds_its_extras(tmp_path):
+    """Snakemake imports every installed executor plugin at each start, so `make reproduce` leaves out the test
+    extras (which bring the cluster plugins); `make test` installs them on top of the same environment."""
+    venv = tmp_path / "venv"
+
+    def planned(target: str) -> list[str]:
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return [line for line in proc.stdout.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+
+    assert [line.split("install --quiet ")[1] for line in planned("reproduce")] == ["-e ."]
+    assert [line.split("install --quiet ")[1] for line in planned("test")] == ["-e .", "-e '.[test]'"]
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()  # a reproduce machine: `make test` adds the extras alone
+    assert [line.split("install --quiet ")[1] for line in planned("test")] == ["-e '.[test]'"]

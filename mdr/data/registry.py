@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mdr.registry import UnknownNameError
 
-from .prepared import PreparedDataset
+if TYPE_CHECKING:  # only a type here: the Snakefile imports this module, and prepared.py brings pandas
+    from .prepared import PreparedDataset
 
 # Recall@K cut-offs each dataset is reported at in the literature.
 KS_SMALL = (1, 2, 4, 8)
