@@ -206,6 +206,14 @@ class DatasetFacts:
     embedded: bool  # generated here (the DAG's prepare job makes it), nothing to download
     published_images: int  # the recipe's expected image count over all splits (0 when it states none)
 
+    @classmethod
+    def of(cls, dataset: str) -> "DatasetFacts":
+        """Read from the dataset's recipe (importing the recipes)."""
+        from mdr.data.registry import get_dataset
+
+        recipe = get_dataset(dataset)
+        return cls(recipe.embedded, sum(recipe.expected_counts.values()))
+
 
 @dataclass
 class Grid:
@@ -524,10 +532,6 @@ def load_grid(profile_name: str = "smoke", params_dir: Path = PARAMS_DIR, use_tu
     awaiting: dict[str, list[str]] = {}
     tables = {name: expand_table(profile, methods, load_table(name, params_dir), runs, params_dir, awaiting)
               for name in names}
-    from mdr.data.registry import get_dataset  # registered already: validating the runs imported the recipes
-
-    facts = {}
-    for d in sorted({r.config.data.dataset for r in runs.values()}):
-        recipe = get_dataset(d)
-        facts[d] = DatasetFacts(recipe.embedded, sum(recipe.expected_counts.values()))
+    # the recipes are imported already: validating the runs' dataset names did it
+    facts = {d: DatasetFacts.of(d) for d in sorted({r.config.data.dataset for r in runs.values()})}
     return Grid(profile, methods, runs, tables, awaiting, Path(params_dir), facts)

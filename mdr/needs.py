@@ -30,9 +30,9 @@ def cache_bytes(dataset: str, image_size: int, published_images: int | None = No
     """The prepared image cache: every image of the published counts at S x S x 3 uint8 bytes (the count read
     from the dataset's recipe unless given)."""
     if published_images is None:
-        from mdr.data.registry import get_dataset
+        from mdr.grid import DatasetFacts
 
-        published_images = sum(get_dataset(dataset).expected_counts.values())
+        published_images = DatasetFacts.of(dataset).published_images
     return published_images * image_size * image_size * 3
 
 
