@@ -1,4 +1,4 @@
-"""Datasets: recipes (mdr/data/recipes), raw-file fetching (fetch.py), the prepared format (prepared.py).
+"""Datasets: recipes (mdr/data/recipes), raw-file fetching (fetch/), the prepared format (prepared.py).
 
 `prepare_dataset(name)` is the one entry point that does not need the pipeline: it fetches the raw files
 if needed, extracts them once, prepares once, and returns the PreparedDataset. Importing this package

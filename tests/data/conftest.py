@@ -110,7 +110,7 @@ def _no_retry_waits(monkeypatch):
     """Retries in these tests happen at once (the real default waits 2 s, 4 s, ...)."""
     from mdr.data import fetch
 
-    monkeypatch.setattr(fetch, "DEFAULT_WAIT", 0.0)
+    monkeypatch.setattr(fetch.download, "DEFAULT_WAIT", 0.0)
 
 
 @pytest.fixture

@@ -198,14 +198,12 @@ def test_sha256_prefix(http_server, tmp_path):
 
 
 def test_hashes_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
-    from mdr.data import fetch as fetch_module
-
     (tmp_path / "a.bin").write_bytes(PAYLOAD)
     src = Source("a.bin", [], sha256=sha(PAYLOAD))
     fetch([src], tmp_path)
     calls = []
     real_new = hashlib.new
-    monkeypatch.setattr(fetch_module.hashlib, "new", lambda *a, **k: calls.append(a) or real_new(*a, **k))
+    monkeypatch.setattr(hashlib, "new", lambda *a, **k: calls.append(a) or real_new(*a, **k))
     fetch([src], tmp_path)
     assert calls == []
     os.utime(tmp_path / "a.bin", ns=(1, 1))  # touched -> hashed again

@@ -58,7 +58,7 @@ def named_by_hash(folder: Path, stem: str) -> Path:
 def cache(tmp_path, monkeypatch):
     from mdr.data import fetch
 
-    monkeypatch.setattr(fetch, "DEFAULT_WAIT", 0.0)
+    monkeypatch.setattr(fetch.download, "DEFAULT_WAIT", 0.0)
     monkeypatch.setenv("MDR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torchhub"))
     return tmp_path / "cache"
