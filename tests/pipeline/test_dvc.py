@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,9 @@ from tests.pipeline.test_workflow import tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = [sys.executable, "-m", "dvc"]
+# Guards against a hang, not speed limits: a loaded machine (the suite beside a full reproduce) ran a step of
+# this module past 300 s where it takes ~60 s alone, so they are far above any honest duration.
+HANG_S = 900
 pytestmark = pytest.mark.xdist_group("dvc")  # one worker, in file order: the tests share one repository
 
 TABLES = {
@@ -66,7 +70,7 @@ def env(repo: Path) -> dict[str, str]:
     return e
 
 
-def sh(repo: Path, *cmd: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def sh(repo: Path, *cmd: str, check: bool = True, timeout: int = 2 * HANG_S) -> subprocess.CompletedProcess:
     result = subprocess.run(list(cmd), cwd=repo, env=env(repo), capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -356,14 +360,17 @@ def test_dvc_repro_refuses_to_run_while_snakemake_builds_the_workspace(tmp_path)
 
     work = make_repo(tmp_path / "repo")
     snakemake = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(work / "Snakefile"), "--cores", "2"],
-                                 cwd=work, env=env(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 cwd=work, env=env(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
     try:
-        wait_for(lambda: exclusively_held(work / "runs" / ".workspace.lock"), snakemake)
+        wait_for(lambda: exclusively_held(work / "runs" / ".workspace.lock"), snakemake, seconds=HANG_S)
         refused = dvc(work, "repro", check=False)
         ended = snakemake.poll()
     finally:
-        snakemake.terminate()  # the point is made; no need to build the tables
-        log, _ = snakemake.communicate(timeout=300)
+        # The point is made; no need to build the tables. The whole group, so a running job does not keep
+        # Snakemake waiting for it (minutes on a loaded machine).
+        os.killpg(snakemake.pid, signal.SIGTERM)
+        log, _ = snakemake.communicate(timeout=HANG_S)
     assert ended is None, f"snakemake ended (exit {ended}) before dvc was refused:\n{log[-3000:]}"
     assert refused.returncode != 0
     out = refused.stdout + refused.stderr
