@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from mdr.data.prepared import PreparedDataset
-from mdr.data.recipes import glyphs as G
+from mdr.data import glyphs as G
+from mdr.data.glyphs import render as R
+from mdr.data.recipes import glyphs as recipe
 from mdr.data.registry import get_dataset
 
 C, M, S = 20, 6, 36  # a small version: 20 classes x 6 images at 36 px
@@ -17,7 +19,7 @@ C, M, S = 20, 6, 36  # a small version: 20 classes x 6 images at 36 px
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> PreparedDataset:
-    return G.generate_glyphs(tmp_path_factory.mktemp("g1") / "glyphs-36px", image_size=S,
+    return recipe.generate_glyphs(tmp_path_factory.mktemp("g1") / "glyphs-36px", image_size=S,
                              images_per_class=M, num_classes=C, progress=False)
 
 
@@ -35,7 +37,7 @@ def test_classes_disjoint_between_splits_and_counts(small):
 
 
 def test_closed_set_variant_puts_every_class_in_both_splits(small, tmp_path):
-    closed = G.generate_glyphs(tmp_path / "glyphs-closed-36px", image_size=S, images_per_class=M,
+    closed = recipe.generate_glyphs(tmp_path / "glyphs-closed-36px", image_size=S, images_per_class=M,
                                num_classes=C, closed_set_train=3, name="glyphs-closed", progress=False)
     train, test = closed.split("train"), closed.split("test")
     assert set(train["label"]) == set(test["label"]) == set(range(C))
@@ -45,7 +47,7 @@ def test_closed_set_variant_puts_every_class_in_both_splits(small, tmp_path):
     np.testing.assert_array_equal(closed.images()[: M], small.images()[: M])
     assert sorted(train[train["label"] == 0]["path"])[-1].endswith("0002.png")
     with pytest.raises(ValueError, match="closed_set_train"):
-        G.generate_glyphs(tmp_path / "bad", image_size=S, images_per_class=M, num_classes=C, closed_set_train=M,
+        recipe.generate_glyphs(tmp_path / "bad", image_size=S, images_per_class=M, num_classes=C, closed_set_train=M,
                           progress=False)
 
 
@@ -75,7 +77,7 @@ def test_meta(small):
 
 
 def test_generation_is_bit_identical(small, tmp_path):
-    again = G.generate_glyphs(tmp_path / "glyphs-36px", image_size=S, images_per_class=M, num_classes=C,
+    again = recipe.generate_glyphs(tmp_path / "glyphs-36px", image_size=S, images_per_class=M, num_classes=C,
                               progress=False)
     for name in ("images.npy", "manifest.csv", "meta.json"):
         assert (again.root / name).read_bytes() == (small.root / name).read_bytes(), name
@@ -83,14 +85,14 @@ def test_generation_is_bit_identical(small, tmp_path):
 
 def test_a_class_alone_equals_that_class_in_a_full_generation(small, tmp_path):
     # fresh caches and reverse order: nothing may depend on what was rendered before
-    G._glyph_mask.cache_clear()
-    G._pil_font.cache_clear()
+    R._glyph_mask.cache_clear()
+    R._pil_font.cache_clear()
     label = C - 1
     ch = G.glyph_classes()[label]
     alone = np.stack([G.render_glyph(ch, i, S) for i in reversed(range(M))])[::-1]
     np.testing.assert_array_equal(alone, small.images()[label * M:(label + 1) * M])
     # a smaller dataset is a prefix of a larger one (same seed): class images do not depend on num_classes
-    two = G.generate_glyphs(tmp_path / "two", image_size=S, images_per_class=M, num_classes=2, progress=False)
+    two = recipe.generate_glyphs(tmp_path / "two", image_size=S, images_per_class=M, num_classes=2, progress=False)
     np.testing.assert_array_equal(two.images(), small.images()[: 2 * M])
 
 
@@ -108,7 +110,7 @@ def test_images_are_not_blank_and_vary_within_a_class(small):
 
 def test_class_list_and_font_coverage():
     classes = G.glyph_classes()
-    assert len(classes) == G.DEFAULT_NUM_CLASSES == 200 and len(set(classes)) == 200
+    assert len(classes) == recipe.DEFAULT_NUM_CLASSES == 200 and len(set(classes)) == 200
     for ch in classes:
         fonts = G.fonts_for(ch)
         assert len(fonts) >= G.MIN_FONTS, (ch, len(fonts))
@@ -146,7 +148,7 @@ def test_recipe_registered():
 
 def test_rejects_bad_parameters(tmp_path):
     with pytest.raises(ValueError):
-        G.generate_glyphs(tmp_path / "x", num_classes=1, progress=False)
+        recipe.generate_glyphs(tmp_path / "x", num_classes=1, progress=False)
     with pytest.raises(ValueError):
-        G.generate_glyphs(tmp_path / "x", num_classes=10_000, progress=False)
+        recipe.generate_glyphs(tmp_path / "x", num_classes=10_000, progress=False)
     assert not (tmp_path / "x").exists()

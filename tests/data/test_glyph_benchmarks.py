@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mdr.data.prepared import PreparedDataset
-from mdr.data.recipes import glyphs as G
+from mdr.data import glyphs as G
+from mdr.data.glyphs.render import _luminance
 from mdr.data.recipes import glyphs_cars, glyphs_cub, glyphs_imagenet, glyphs_inshop, glyphs_sop
 from mdr.data.registry import get_dataset, prepared_dir
 from pipeline import prepare
@@ -159,7 +160,7 @@ def test_inshop_items_have_query_and_gallery_images_and_train_items_are_apart():
 
 def test_inshop_colour_schemes_contrast():
     for name, fg, bg in glyphs_inshop.COLOUR_SCHEMES:
-        assert abs(G._luminance(np.array(fg)) - G._luminance(np.array(bg))) >= 0.45, name
+        assert abs(_luminance(np.array(fg)) - _luminance(np.array(bg))) >= 0.45, name
 
 
 # -------------------------------------------------------------------------------------- small renderings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..prepared import PreparedDataset
 from ..registry import KS_SMALL
-from . import glyphs as G
+from .. import glyphs as G
 
 NAME = "glyphs-cars"
 RECIPE_VERSION = 1

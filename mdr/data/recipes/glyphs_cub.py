@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..prepared import PreparedDataset
 from ..registry import KS_SMALL
-from . import glyphs as G
+from .. import glyphs as G
 
 NAME = "glyphs-cub"
 RECIPE_VERSION = 2  # 2: CUB_STYLE (1 drew with glyphs' default style)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..prepared import PreparedDataset
-from . import glyphs as G
+from .. import glyphs as G
 
 NAME = "glyphs-inshop"
 RECIPE_VERSION = 1
