@@ -42,7 +42,7 @@ def _cpu_and_threads(pid: int) -> tuple[float, int] | None:
 
 
 def run_once(folder: Path, limit: str, cores: int) -> dict[str, float]:
-    """One full run in a fresh folder: Snakemake's CPU seconds, peak threads and wall seconds."""
+    """One full run in `folder`, its outputs removed first: Snakemake's CPU seconds, peak threads and wall seconds."""
     for old in (folder / "out").glob("*"):
         old.unlink()
     started = time.perf_counter()

@@ -89,6 +89,8 @@ def expand(table: "Table") -> list[Pair]:
             groups.setdefault(key, {})[cell.labels[comparison.axis]] = cell
         for key, by_label in groups.items():
             for first, second in comparison.pairs:
+                if first not in by_label or second not in by_label:  # a cell left out (exclude) or awaiting tuning
+                    continue
                 for metric in comparison.metrics or default_metrics(definition):
                     pairs.append(Pair(comparison.axis, by_label[first], by_label[second], metric,
                                       dict(zip(held_axes, key))))

@@ -156,6 +156,9 @@ class TableDef(Strict):
     seeds: Seeds | None = None
     note: str = ""
     comparisons: list[Comparison] = Field(default_factory=list, description="published claims tested over seeds (mdr/comparisons.py)")
+    exclude: list[dict[str, Any]] = Field(default_factory=list, description="cells not run: each entry maps axes to "
+                                          "labels, and a combination matching every one of them is left out "
+                                          "(e.g. `{dataset: sop, protocol: fair}`)")
 
     @model_validator(mode="after")
     def _layout(self) -> "TableDef":
@@ -165,8 +168,24 @@ class TableDef(Strict):
         placed = self.rows + self.columns
         if sorted(placed) != sorted(names):
             raise ValueError(f"rows + columns {placed} must name every axis exactly once; axes are {sorted(names)}")
+        self._check_exclude()
         check_comparisons(self)
         return self
+
+    def _check_exclude(self) -> None:
+        for i, entry in enumerate(self.exclude):
+            if not entry:
+                raise ValueError(f"exclude[{i}] is empty; name at least one axis and its value, e.g. {{dataset: sop}}")
+            for axis, value in entry.items():
+                if axis not in self.axes:
+                    raise ValueError(f"exclude[{i}]: {axis!r} is not an axis of the table; allowed: {', '.join(self.axes)}")
+                labels = [label for label, _, _ in self.axis(axis).bundles()]
+                if _label(value) not in labels:
+                    raise ValueError(f"exclude[{i}]: {value!r} is not a value of axis {axis}; allowed: {', '.join(labels)}")
+
+    def excluded(self, labels: dict[str, str]) -> bool:
+        """Whether the cell of these axis labels is one the table leaves out (`exclude`)."""
+        return any(all(labels.get(axis) == _label(value) for axis, value in entry.items()) for entry in self.exclude)
 
     def axis(self, name: str) -> Axis:
         spec = self.axes[name]
@@ -488,6 +507,8 @@ def expand_table(profile: Profile, methods: dict[str, Method], table: TableDef,
             labels[axis_name] = label
             settings.update(bundle)
             paper.update(paper_attrs)
+        if table.excluded(labels):
+            continue
         ids = []
         facts: dict[str, Any] = {}
         for seed in seeds:

@@ -1,6 +1,6 @@
 """eval.protocol (docs/protocols.md): `published` as before, bit for bit and id for id; `fair` chooses the
 epoch on validation classes and evaluates the test split once per reported checkpoint; the grid's overrides
-match the protocol; the protocols table adds only its fair runs; REPORT.md says how much of a gain survives."""
+match the protocol; Table 1 and the regularizers table run both protocols where they say; REPORT.md says how much of a gain survives."""
 from __future__ import annotations
 
 import hashlib
@@ -162,9 +162,9 @@ def _params(root, tables, tuned=True):
 
 
 def test_an_override_matches_the_protocol_a_table_axis_sets(tmp_path):
-    params, path, profile = _params(tmp_path, ["protocols"])
+    params, path, profile = _params(tmp_path, ["regularizers"])
     grid = load_grid("smoke", params, use_tuned=False)
-    for cell in grid.tables["protocols"].cells:
+    for cell in grid.tables["regularizers"].cells:
         for rid in cell.run_ids:
             config = grid.runs[rid].config
             assert config.eval.protocol == cell.labels["protocol"]
@@ -176,26 +176,52 @@ def test_an_override_matches_the_protocol_a_table_axis_sets(tmp_path):
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     grid = load_grid("smoke", params, use_tuned=False)
     seen = {(c.labels["dataset"], grid.runs[c.run_ids[0]].config.data.validation_classes)
-            for c in grid.tables["protocols"].cells if c.labels["protocol"] == "fair"}
+            for c in grid.tables["regularizers"].cells if c.labels["protocol"] == "fair"}
     assert seen == {("cub200", 10), ("cars196", 7)}
 
 
-def test_the_protocols_table_adds_only_its_fair_runs_to_the_smoke_profile(tmp_path):
-    params, _, _ = _params(tmp_path, ["protocols", "regularizers"])
+def test_both_protocols_run_side_by_side_where_the_tables_say_and_share_their_runs(tmp_path):
+    params, _, _ = _params(tmp_path, ["table1", "regularizers"])
     grid = load_grid("smoke", params, use_tuned=False)
-    table = grid.tables["protocols"]
-    mine = {rid for cell in table.cells for rid in cell.run_ids}
-    theirs = {rid for cell in grid.tables["regularizers"].cells for rid in cell.run_ids}
-    new = mine - theirs
-    assert len(new) == 2 * 6 * 3 and all(grid.runs[rid].config.eval.protocol == "fair" for rid in new)
-    published = {rid for cell in table.cells if cell.labels["protocol"] == "published" for rid in cell.run_ids}
-    assert published <= theirs and len(published) == 2 * 6 * 3
+    table1, regs = grid.tables["table1"], grid.tables["regularizers"]
+    # Table 1: both protocols on CUB and Cars, the published one alone on SOP and In-Shop (its `exclude`)
+    fair = {(c.labels["dataset"], c.labels["method"]) for c in table1.cells if c.labels["protocol"] == "fair"}
+    assert fair == {(d, m) for d in ("cub200", "cars196")
+                    for m in ("Triplet", "Triplet+L2Norm", "Triplet+MDR", "Triplet+MDR†")}
+    assert len(table1.cells) == 4 * 4 + 2 * 4
+    # the regularizers table: both protocols with Triplet, the published one with Contrastive and Margin
+    fair_regs = [c for c in regs.cells if c.labels["protocol"] == "fair"]
+    assert {c.labels["loss"] for c in fair_regs} == {"triplet"} and len(fair_regs) == 2 * 6
+    fair_ids = {rid for c in fair_regs for rid in c.run_ids}
+    assert len(fair_ids) == 2 * 6 * 5 and all(grid.runs[rid].config.eval.protocol == "fair" for rid in fair_ids)
+    # Table 1's fair Triplet, +L2Norm and +MDR cells are the regularizers table's runs; only MDR† adds its own
+    mine = {rid for c in table1.cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
+    assert {grid.runs[rid].config.data.crop for rid in mine - fair_ids} == {36} and len(mine - fair_ids) == 2 * 5
+    # a published cell keeps the run id it had before the protocol axis existed (no "-fair-", no new hash)
+    published = {rid for c in table1.cells if c.labels["protocol"] == "published" for rid in c.run_ids}
+    assert not any("-fair-" in rid for rid in published)
+
+
+def test_a_table_s_exclude_names_axes_and_values_it_has(tmp_path):
+    from mdr.grid import ConfigError
+
+    params, _, _ = _params(tmp_path, ["table1"])
+    table = params / "tables" / "table1.yaml"
+    text = table.read_text()
+    table.write_text(text.replace("{dataset: sop, protocol: fair}", "{datasets: sop, protocol: fair}"))
+    with pytest.raises(ConfigError, match=r"exclude\[0\]: 'datasets' is not an axis of the table; allowed: "):
+        load_grid("smoke", params, use_tuned=False)
+    table.write_text(text.replace("{dataset: sop, protocol: fair}", "{dataset: sop, protocol: fiar}"))
+    with pytest.raises(ConfigError, match=r"exclude\[0\]: 'fiar' is not a value of axis protocol; allowed: published, fair"):
+        load_grid("smoke", params, use_tuned=False)
 
 
 def test_fair_runs_read_their_tuned_files_and_published_runs_do_not(tmp_path):
-    params, _, _ = _params(tmp_path, ["protocols", "regularizers"])
+    params, _, _ = _params(tmp_path, ["regularizers"])
     grid = load_grid("smoke", params, use_tuned=False)
-    for cell in grid.tables["protocols"].cells:
+    for cell in grid.tables["regularizers"].cells:
+        if cell.labels["loss"] != "triplet":  # the tuned files are Triplet's (their `loss`)
+            continue
         reg, fair = cell.labels["regularizer"], cell.labels["protocol"] == "fair"
         for rid in cell.run_ids:
             config = grid.runs[rid].config
@@ -205,21 +231,21 @@ def test_fair_runs_read_their_tuned_files_and_published_runs_do_not(tmp_path):
             assert grid.tuned_input(rid) == (str(params / "tuned" / "smoke" / f"{cell.labels['dataset']}-{reg}.yaml")
                                              if fair else None)
     # the run id hashes the tuned values: another tuned margin is another run, never a silently reused one
-    before = {rid for c in grid.tables["protocols"].cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
+    before = {rid for c in grid.tables["regularizers"].cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
     _write_tuned(params, margin=0.32)
     after = load_grid("smoke", params, use_tuned=False)
-    again = {rid for c in after.tables["protocols"].cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
-    assert len(again) == len(before) == 36 and not again & before
+    again = {rid for c in after.tables["regularizers"].cells if c.labels["protocol"] == "fair" for rid in c.run_ids}
+    assert len(again) == len(before) == 60 and not again & before
     assert len(after.fair_tuned_files()) == 12 and not after.awaiting_tuning
 
 
 def test_a_fair_cell_waits_for_its_tuned_file_and_the_dag_says_so(tmp_path):
     from mdr.needs import announce
 
-    params, _, _ = _params(tmp_path, ["protocols"], tuned=False)
+    params, _, _ = _params(tmp_path, ["regularizers"], tuned=False)
     _write_tuned(params, datasets=("cub200",))
     grid = load_grid("smoke", params, use_tuned=False)
-    cells = {(c.labels["dataset"], c.labels["protocol"]) for c in grid.tables["protocols"].cells}
+    cells = {(c.labels["dataset"], c.labels["protocol"]) for c in grid.tables["regularizers"].cells}
     assert ("cars196", "fair") not in cells and {("cub200", "fair"), ("cars196", "published")} <= cells
     missing = {str(params / "tuned" / "smoke" / f"cars196-{r}.yaml") for r in REGULARIZERS}
     assert set(grid.awaiting_tuning) == missing and all(len(v) == 1 for v in grid.awaiting_tuning.values())
@@ -232,8 +258,8 @@ def test_a_fair_cell_waits_for_its_tuned_file_and_the_dag_says_so(tmp_path):
     assert not load_grid("smoke", params, use_tuned=False).awaiting_tuning
 
 
-def _comparison(first, dataset, protocol, diff, low, high, metric="recall_at_1"):
-    return {"table": "protocols", "dataset": dataset, "protocol": protocol, "first": first, "second": "none",
+def _comparison(first, dataset, protocol, diff, low, high, metric="recall_at_1", loss="triplet"):
+    return {"table": "regularizers", "loss": loss, "dataset": dataset, "protocol": protocol, "first": first, "second": "none",
             "metric": metric, "diff": diff, "ci_low": low, "ci_high": high, "n": "3"}
 
 
@@ -243,6 +269,7 @@ def test_the_report_section_says_how_much_of_a_published_gain_survives():
         _comparison("lsd", "cub200", "published", 1.0, -1.0, 3.0), _comparison("lsd", "cub200", "fair", 0.5, -2.0, 3.0),
         _comparison("mdr", "cars196", "published", 4.0, 1.0, 7.0),
         _comparison("mdr", "cars196", "fair", math.nan, math.nan, math.nan),  # fair runs not finished
+        _comparison("guided", "cub200", "published", 9.0, 8.0, 10.0, loss="contrastive"),  # not Triplet: not read
     ])
     rows = report_protocols.survival(frame).set_index(["regularizer", "dataset"])
     assert rows.loc[("mdr", "cub200"), "share"] == pytest.approx(0.4)  # 2 / 5, exact in binary up to rounding
@@ -252,17 +279,20 @@ def test_the_report_section_says_how_much_of_a_published_gain_survives():
     assert "| mdr | cub200 | R@1 | +5.0 [+3.0, +7.0] | +2.0 [-1.0, +5.0] | 40% |" in lines
     assert f"| lsd | cub200 | R@1 | +1.0 [-1.0, +3.0] | +0.5 [-2.0, +3.0] | {report_protocols.NO_GAIN} |" in lines
     assert "| mdr | cars196 | R@1 | +4.0 [+1.0, +7.0] | not run | — |" in lines
+    assert not any(line.startswith("| guided |") for line in lines)
     assert report_protocols.survival_markdown(frame.iloc[0:0]) == []
 
 
 def test_the_report_renders_both_protocols_side_by_side_and_the_section_from_the_runs(tmp_path, monkeypatch):
     from mdr.report import write_report, write_table
 
-    params, path, profile = _params(tmp_path, ["protocols"])
+    params, path, profile = _params(tmp_path, ["regularizers"])
     grid = load_grid("smoke", params, use_tuned=False)
-    # R@1 per seed: none 50/60/55 %; mdr +4.0 points (sd 0.1) published, +1.0 (sd 0.1) fair; the rest as none
-    base, shift = {0: 0.50, 1: 0.60, 2: 0.55}, {0: 0.039, 1: 0.040, 2: 0.041}
-    for cell in grid.tables["protocols"].cells:
+    # R@1 per seed: none 50/60/55/52/58 %; mdr +4.0 points published (per seed 3.9, 4.0, 4.1, 3.95, 4.05: sd 0.079,
+    # t(4) 2.776, CI ±0.098), a quarter of that fair (CI ±0.025); the rest as none
+    base = {0: 0.50, 1: 0.60, 2: 0.55, 3: 0.52, 4: 0.58}
+    shift = {0: 0.039, 1: 0.040, 2: 0.041, 3: 0.0395, 4: 0.0405}
+    for cell in grid.tables["regularizers"].cells:
         gain = {"published": 1.0, "fair": 0.25}[cell.labels["protocol"]] if cell.labels["regularizer"] == "mdr" else 0.0
         for rid in cell.run_ids:
             seed = grid.runs[rid].config.seed
@@ -271,14 +301,14 @@ def test_the_report_renders_both_protocols_side_by_side_and_the_section_from_the
             folder.mkdir(parents=True)
             (folder / "metrics.json").write_text(json.dumps({"best_epoch": 1, "best": value, "final": value}))
     monkeypatch.chdir(tmp_path)  # results/<profile>/ is relative to the working directory
-    table = write_table(grid, "protocols", tmp_path / "runs")["md"].read_text()
+    table = write_table(grid, "regularizers", tmp_path / "runs")["md"].read_text()
     for dataset in ("cub200", "cars196"):
         for protocol in ("published", "fair"):
             assert f"### dataset = {dataset}, protocol = {protocol}" in table
     report = write_report(grid, tmp_path / "runs").read_text()
     section = report[report.index(report_protocols.HEADING):report.index("## Tables")]
-    # the fair gain is a quarter of the published one: 1.0 / 4.0 points (per seed 0.975 / 3.9, 1.0 / 4.0, 1.025 / 4.1)
-    assert "| mdr | cub200 | R@1 | +4.0 [+3.8, +4.2] | +1.0 [+0.9, +1.1] | 25% |" in section
+    # the fair gain is a quarter of the published one: 1.0 / 4.0 points
+    assert "| mdr | cub200 | R@1 | +4.0 [+3.9, +4.1] | +1.0 [+1.0, +1.0] | 25% |" in section
     assert f"| lsd | cars196 | R@1 | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] | {report_protocols.NO_GAIN} |" in section
     # per regularizer, then dataset: mdr's rows together
     assert section.index("| mdr | cub200 | R@1") < section.index("| mdr | cars196 | R@1") < section.index("| detreg |")

@@ -131,9 +131,9 @@ def test_two_cells_of_the_same_runs_are_not_resolved_and_say_so(tmp_path):
     assert mdr.run_ids == dagger.run_ids
     _write(tmp_path / "runs", grid, mdr, _r1(BASE))
     df = comparison_table(grid, "table1", tmp_path / "runs")
-    r = _row(df, dataset="cub200", first="Triplet+MDR†")
+    r = _row(df, dataset="cub200", protocol="published", first="Triplet+MDR†")
     assert r["diff"] == 0.0 and math.isnan(r.p) and r.verdict == stats.NOT_RESOLVED
-    assert "| cub200 | Triplet+MDR† − Triplet+MDR | R@1 | +2.6 (71.4 vs 68.8) | +0.0 [+0.0, +0.0] | — | paired t (3) " \
+    assert "| cub200, protocol published | Triplet+MDR† − Triplet+MDR | R@1 | +2.6 (71.4 vs 68.8) | +0.0 [+0.0, +0.0] | — | paired t (3) " \
            "| not resolved (the same runs) |" in verdicts_markdown(df)
 
 

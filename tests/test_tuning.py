@@ -407,7 +407,7 @@ def test_use_tuned_on_the_real_smoke_grid(tmp_path, monkeypatch):
     default, tuned = load_grid("smoke", params), load_grid("smoke", params, use_tuned=True)
 
     def table1_mdr(grid, dataset):
-        cell = next(c for c in grid.tables["table1"].cells if c.labels == {"method": "Triplet+MDR", "dataset": dataset})
+        cell = next(c for c in grid.tables["table1"].cells if c.labels == {"method": "Triplet+MDR", "dataset": dataset, "protocol": "published"})
         return grid.runs[cell.run_ids[0]].config.regularizer.params
 
     assert table1_mdr(default, "cub200")["levels"] == [-3.0, 0.0, 3.0]

@@ -127,7 +127,7 @@ def epochs(dataset: str) -> int:
 
 
 def table1_run(grid, dataset: str):
-    cell = next(c for c in grid.tables["table1"].cells if c.labels == {"method": METHOD, "dataset": dataset})
+    cell = next(c for c in grid.tables["table1"].cells if c.labels == {"method": METHOD, "dataset": dataset, "protocol": "published"})
     return grid.runs[cell.run_ids[0]]
 
 
