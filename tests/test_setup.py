@@ -38,3 +38,24 @@ def test_reproduce_installs_the_package_alone_and_test_adds_its_extras(tmp_path)
     (venv / "bin").mkdir(parents=True)
     (venv / ".installed").touch()  # a reproduce machine: `make test` adds the extras alone
     assert [line.split("install --quiet ")[1] for line in planned("test")] == ["-e '.[test]'"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no `make` on PATH; install GNU make to test the Makefile")
+def test_reproduce_runs_snakemake_with_a_rate_limit_it_accepts(tmp_path):
+    """`make reproduce` passes a 10-s job-rate timespan (docs/costs.md, "Snakemake's own share"), in a form
+    Snakemake's own parser takes, and JOB_RATE= changes it."""
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    def snakemake_line(*extra: str) -> str:
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce", f"VENV={tmp_path / 'venv'}", *extra],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        [line] = [line for line in proc.stdout.splitlines() if "bin/snakemake " in line]
+        return line
+
+    line = snakemake_line()
+    rate = line.split("--max-jobs-per-timespan ")[1].split()[0]
+    assert rate == "1000/10s" and "--config profile=smoke" in line
+    limit = MaxJobsPerTimespan.parse_choice(rate)
+    assert (limit.max_jobs, limit.timespan) == (1000, 10)
+    assert "--max-jobs-per-timespan 100/1s " in snakemake_line("JOB_RATE=100/1s")
