@@ -8,7 +8,7 @@ comparison per value of the other axes (e.g. per dataset column) and per metric.
 sign of the published difference where paper_results.csv has both numbers, else the declared one (first
 better than second). mdr/stats.py tests each over seeds; mdr/report.py writes the verdicts.
 
-Imported by mdr/grid.py (the table schema), so it imports neither the grid nor scipy.
+Imported by mdr/params_schema.py (the table schema), so it imports neither the grid nor scipy.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from mdr.grid import Cell, Table, TableDef
+    from mdr.grid import Cell, Table
+    from mdr.params_schema import TableDef
 
 RECALL = re.compile(r"recall_at_\d+$")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mdr.config import ConfigError, RunConfig, validate_run_config
-from mdr.grid import PARAMS_DIR, TableDef, load_methods, load_profile, override_setting, resolve, set_path
+from mdr.grid import PARAMS_DIR, load_methods, load_profile, override_setting, resolve, set_path
+from mdr.params_schema import TableDef
 from mdr.tuning.space import loss_keys
 from mdr.tuning.spec import TUNING_FILE, Distribution, ProfileTuning, TuningSpec, load_tuning
 
