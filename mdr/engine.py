@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,9 +38,7 @@ from mdr import checkpoint
 from mdr.checkpoint import CheckpointMismatchError  # noqa: F401  (raised here; callers import it from mdr.engine)
 from mdr.config import RunConfig
 from mdr.data.device_augment import DeviceCrops
-from mdr.data.loading import CachedImages, test_transform, train_transform, worker_start_method
-from mdr.data.prepared import PreparedDataset
-from mdr.data.registry import prepared_dir
+from mdr.data.loading import CachedImages, worker_start_method
 from mdr.data.sampler import MPerClassBatchSampler
 from mdr.features import CachedFeatureSet, CachedFeatureViews, UpperBackbone, lower_output_dim, split_backbone
 from mdr.io import atomic_torch_save, atomic_write_text
@@ -48,10 +46,8 @@ from mdr.losses import LOSSES
 from mdr.models import EmbeddingModel, build_model, create_backbone
 from mdr.regularizers import REGULARIZERS, Regularizer, StepContext
 from mdr.retrieval import BEST_EMBEDDINGS, FINAL_EMBEDDINGS, Embeddings
+from mdr.run_data import eval_set, evaluation_sets, load_prepared, train_set_of, training_rows
 from mdr.runtime import resolve_device, set_threads
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,10 +118,6 @@ def build_components(config: RunConfig, num_classes: int, device: torch.device) 
     return Components(model, loss, regularizer, optimizer, scheduler, pretrained_from)
 
 
-def load_prepared(config: RunConfig) -> PreparedDataset:
-    return PreparedDataset.load(prepared_dir(config.data.root, config.data.dataset, config.data.image_size))
-
-
 @contextmanager
 def float32_arithmetic(tf32: bool) -> Iterator[None]:
     """Within the block, CUDA matmuls and cuDNN convolutions in TF32 (`tf32`) or in full float32; the
@@ -162,60 +154,6 @@ def embed(model: EmbeddingModel, dataset: CachedImages, batch_size: int, device:
     with float32_arithmetic(tf32=False):
         out = [model(images.to(device, non_blocking=pinned)).float().cpu() for images, _ in batches]
     return torch.cat(out).numpy()
-
-
-def training_rows(prepared: PreparedDataset, config: RunConfig) -> "pd.DataFrame":
-    """The training split, less the held-out validation classes when `data.validation_classes` > 0."""
-    rows = prepared.split("train")
-    held_out = validation_labels(prepared, config)
-    return rows[~rows["label"].isin(held_out)] if held_out else rows
-
-
-def validation_labels(prepared: PreparedDataset, config: RunConfig) -> list[int]:
-    n = config.data.validation_classes
-    if not n:
-        return []
-    labels = sorted(prepared.split("train")["label"].unique())
-    if n >= len(labels) - 1:
-        raise ValueError(f"data.validation_classes {n} leaves fewer than 2 of the {len(labels)} training classes")
-    return [int(x) for x in labels[-n:]]
-
-
-def evaluation_sets(prepared: PreparedDataset, config: RunConfig, progress: bool = False) -> dict[str, Any]:
-    """What per-epoch evaluation retrieves on: the test split(s) with the test transform ({'test': ...} or
-    {'query': ..., 'gallery': ...}), or the held-out training classes when tuning (validation_classes > 0).
-    With data.cached_views, the cached centre-crop features of the same images."""
-    held_out = validation_labels(prepared, config)
-    if held_out:
-        rows = prepared.split("train")
-        return {"test": eval_set(prepared, config, rows[rows["label"].isin(held_out)], progress)}
-    return {split: eval_set(prepared, config, prepared.split(split), progress) for split in prepared.eval_splits}
-
-
-def eval_set(prepared: PreparedDataset, config: RunConfig, rows: "pd.DataFrame", progress: bool = False):
-    """Rows of a prepared dataset as seen at test time: centre crops, or their cached features."""
-    indices, labels = rows["index"].to_numpy(), rows["label"].to_numpy()
-    if config.data.cached_views:
-        return CachedFeatureSet(load_features(prepared, config, progress), indices, labels)
-    return CachedImages(prepared.root / "images.npy", indices, labels, test_transform(config.data.crop))
-
-
-def train_set_of(prepared: PreparedDataset, config: RunConfig, rows: "pd.DataFrame", progress: bool = False):
-    """The training images with the training augmentation, or their cached augmented views."""
-    indices, labels = rows["index"].to_numpy(), rows["label"].to_numpy()
-    if config.data.cached_views:
-        return CachedFeatureViews(load_features(prepared, config, progress), indices, labels)
-    d = config.data
-    if d.augment_on == "device":  # uint8 images as cached; _train_epoch crops them on the device (DeviceCrops)
-        return CachedImages(prepared.root / "images.npy", indices, labels, None)
-    return CachedImages(prepared.root / "images.npy", indices, labels,
-                        train_transform(d.crop, d.crop_scale, d.crop_ratio, d.hflip, d.crop_interpolation))
-
-
-def load_features(prepared: PreparedDataset, config: RunConfig, progress: bool = False):
-    from mdr.features import load_or_build
-
-    return load_or_build(config, prepared, progress)
 
 
 def embed_sets(model: EmbeddingModel, sets: dict[str, CachedImages], batch_size: int,

@@ -44,7 +44,8 @@ def evaluate_run(config: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             continue
         emb = Embeddings.load(run_dir / kept, epoch=epoch, fingerprint=fingerprint)
         if emb is None:
-            from mdr.engine import build_components, embed_sets, evaluation_sets, load_prepared
+            from mdr.engine import build_components, embed_sets
+            from mdr.run_data import evaluation_sets, load_prepared
 
             if model is None:
                 prepared = load_prepared(config)
@@ -73,7 +74,7 @@ def _finish(config: RunConfig, run_dir: Path, out: dict[str, Any], history: list
 def reported_sets(prepared: Any, config: RunConfig) -> dict[str, Any]:
     """The test split(s) as evaluation sees them ({'test'} or {'query', 'gallery'}), whatever
     data.validation_classes holds out of the training classes."""
-    from mdr.engine import eval_set
+    from mdr.run_data import eval_set
 
     return {split: eval_set(prepared, config, prepared.split(split)) for split in prepared.eval_splits}
 
@@ -82,7 +83,8 @@ def _evaluate_fair(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """The fair protocol: best.pt is the epoch of the best validation Recall@1 (the engine's choice, on the
     held-out training classes); the test split is embedded from best.pt and from the final checkpoint,
     never from the validation embeddings that training kept."""
-    from mdr.engine import build_components, embed_sets, load_prepared
+    from mdr.engine import build_components, embed_sets
+    from mdr.run_data import load_prepared
 
     set_threads(config.train.threads)
     device = resolve_device(config.train.device)

@@ -92,7 +92,7 @@ def test_a_checkpoint_of_another_config_is_never_reused(tiny_data, tmp_path):
 
 
 def test_validation_classes_are_carved_out_of_training_and_test_is_untouched(tiny_data, tmp_path):
-    from mdr.engine import evaluation_sets, load_prepared, training_rows
+    from mdr.run_data import evaluation_sets, load_prepared, training_rows
 
     config = tiny_config(tiny_data, **{"data.validation_classes": 1, "train.batch_size": 6})
     prepared = load_prepared(config)

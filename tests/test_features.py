@@ -11,7 +11,8 @@ from mdr import features
 from mdr.config import ConfigError, validate_run_config
 from mdr.data.loading import CachedImages
 from mdr.data.loading import test_transform as centre_crop
-from mdr.engine import load_prepared, train
+from mdr.engine import train
+from mdr.run_data import load_prepared
 from mdr.models import create_backbone
 from tests.conftest import tiny_config
 

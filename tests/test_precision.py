@@ -12,7 +12,8 @@ import mdr.engine as engine
 from mdr.config import ConfigError, validate_run_config
 from mdr.data.loading import CachedImages
 from mdr.data.loading import test_transform as centre_crop
-from mdr.engine import embed, float32_arithmetic, load_prepared, train
+from mdr.engine import embed, float32_arithmetic, train
+from mdr.run_data import load_prepared
 from mdr.grid import run_id
 from tests.conftest import tiny_config
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from mdr import checkpoint, engine, report_protocols
+from mdr import checkpoint, engine, report_protocols, run_data
 from mdr.config import ConfigError, validate_run_config
 from mdr.data import loading
 from mdr.data.registry import prepared_dir
@@ -85,7 +85,7 @@ def _hits_at_1(emb: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
 
 def _test_embeddings(config, state) -> tuple[np.ndarray, np.ndarray]:
     """The test split embedded by the checkpoint's weights, the rows picked here from the manifest."""
-    prepared = engine.load_prepared(config)
+    prepared = run_data.load_prepared(config)
     rows = prepared.manifest[prepared.manifest["split"] == "test"]
     images = loading.CachedImages(prepared.root / "images.npy", rows["index"].to_numpy(), rows["label"].to_numpy(),
                                   loading.test_transform(config.data.crop))

@@ -127,7 +127,7 @@ def test_search_space_builds_symmetric_levels():
 
 
 def test_validation_never_touches_test_classes(params):
-    from mdr.engine import evaluation_sets, load_prepared, training_rows
+    from mdr.run_data import evaluation_sets, load_prepared, training_rows
 
     ctx = make_context("tiny", "cub200", params)
     assert ctx.base.data.validation_classes == 0 and ctx.base.regularizer.name == "mdr"

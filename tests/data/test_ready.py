@@ -40,7 +40,7 @@ def test_training_refuses_a_truncated_cache_in_one_line(tiny_data, capsys):
     assert "images.npy has 18,496 bytes but its header (48, 16, 16, 3) needs 36,992" in msg
     assert f"python -m pipeline prepare tiny --image-size 16 --data-root {tiny_data}" in msg
     # the way a stage (train, evaluate) reports it: one line, exit 2
-    from mdr.engine import load_prepared
+    from mdr.run_data import load_prepared
     from tests.conftest import tiny_config
 
     assert stage(lambda argv: load_prepared(tiny_config(tiny_data)))([]) == 2

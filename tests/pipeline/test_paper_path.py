@@ -258,7 +258,8 @@ def test_sop_batches_are_85_classes_of_3_and_one_of_1(paper):
     from mdr.config import RunConfig
     from mdr.data.prepared import PreparedDataset
     from mdr.data.sampler import MPerClassBatchSampler
-    from mdr.engine import epoch_seed, training_rows
+    from mdr.engine import epoch_seed
+    from mdr.run_data import training_rows
 
     run_dir = paper.run_dir("sop")
     config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
