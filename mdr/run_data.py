@@ -9,7 +9,7 @@ from mdr.config import RunConfig
 from mdr.data.loading import CachedImages, test_transform, train_transform
 from mdr.data.prepared import PreparedDataset
 from mdr.data.registry import prepared_dir
-from mdr.features import CachedFeatureSet, CachedFeatureViews
+from mdr.features import CachedFeatureSet, CachedFeatureViews, load_or_build
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,6 +68,4 @@ def train_set_of(prepared: PreparedDataset, config: RunConfig, rows: "pd.DataFra
 
 
 def load_features(prepared: PreparedDataset, config: RunConfig, progress: bool = False):
-    from mdr.features import load_or_build
-
     return load_or_build(config, prepared, progress)
